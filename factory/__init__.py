@@ -1,0 +1,1 @@
+"""cine-factory: synthetic 4D cardiac cine MRI."""

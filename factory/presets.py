@@ -1,0 +1,130 @@
+"""Geometry and model-size presets: the one place that says how big everything is.
+
+`tiny` trains on 2 CPU cores; `paper` follows the sizes of the paper's public code (needs a GPU).
+Every other module reads its sizes from a `Preset` rather than hard-coding them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Canonical frame geometry: array axes (Z, H, W) and voxel spacing in mm in the same order."""
+
+    shape: tuple[int, int, int]  # (Z, H, W): slices, rows, columns
+    spacing_mm: tuple[float, float, float]  # (z, y, x)
+
+    @property
+    def n_slices(self) -> int:
+        return self.shape[0]
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in millilitres (1 ml = 1000 mm^3)."""
+        z, y, x = self.spacing_mm
+        return z * y * x / 1000.0
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Dual-decoder VAE: channel widths per level; in-plane downsampling between levels only."""
+
+    channels: tuple[int, ...]
+    latent_channels: int
+    num_res_blocks: int = 1
+    # In-plane downsampling factor f: latent is (C, Z, H/f, W/f). Must be 2 ** (len(channels) - 1)
+    # or larger (extra stride-2 stages at the widest level).
+    downsample: int = 4
+    num_classes: int = 4
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """A 3D diffusion UNet (MONAI DiffusionModelUNet) over latents."""
+
+    channels: tuple[int, ...]
+    attention_levels: tuple[bool, ...]
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Noise schedule shared by training and sampling (diffusers scheduler arguments)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0205
+    prediction_type: str = "epsilon"
+    sample_steps: int = 30
+    guidance_scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything size-related for one configuration of the cascade."""
+
+    name: str
+    geometry: Geometry
+    max_frames: int
+    vae: VAEConfig
+    teacher_channels: tuple[int, ...]
+    anatomy_unet: UNetConfig
+    motion_unet: UNetConfig
+    context_dim: int
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, Z, H/f, W/f) of one encoded frame."""
+        z, h, w = self.geometry.shape
+        f = self.vae.downsample
+        return (self.vae.latent_channels, z, h // f, w // f)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        geometry=Geometry(shape=(12, 64, 64), spacing_mm=(10.0, 2.5, 2.5)),
+        max_frames=35,
+        vae=VAEConfig(channels=(16, 32, 64), latent_channels=4, downsample=4),
+        teacher_channels=(32, 64),
+        anatomy_unet=UNetConfig(channels=(32, 64, 64), attention_levels=(False, False, True),
+                                num_head_channels=32, norm_num_groups=16),
+        motion_unet=UNetConfig(channels=(32, 64, 64), attention_levels=(False, False, True),
+                               num_head_channels=32, norm_num_groups=16),
+        context_dim=64,
+    ),
+    "paper": Preset(
+        name="paper",
+        geometry=Geometry(shape=(16, 192, 192), spacing_mm=(10.0, 1.0, 1.0)),
+        max_frames=35,
+        vae=VAEConfig(channels=(32, 64, 128), latent_channels=8, num_res_blocks=2, downsample=8),
+        teacher_channels=(64, 128, 256),
+        anatomy_unet=UNetConfig(channels=(256, 512, 1024), attention_levels=(False, True, True),
+                                num_res_blocks=2, num_head_channels=64, norm_num_groups=32),
+        motion_unet=UNetConfig(channels=(128, 256, 512), attention_levels=(False, True, True),
+                               num_res_blocks=2, num_head_channels=64, norm_num_groups=32),
+        context_dim=256,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the named preset or fail with the list of valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# ACDC label convention used everywhere in the project.
+LABEL_MAP: dict[str, str] = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+DIAGNOSES: tuple[str, ...] = ("NOR", "MINF", "DCM", "HCM", "RV")

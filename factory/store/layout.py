@@ -1,0 +1,58 @@
+"""Names, codecs and versioned schemas of a store: the contract every writer and reader shares.
+
+A store is a Zarr v3 group with arrays `image` (N, T, Z, H, W) float16 in [-1, 1], `mask` (same,
+uint8), `labeled` (N, T) bool, `phase` (N, T) float32 and `slice_mask` (N, Z) bool; a
+`metadata.parquet` table with one row per subject in array order; per-subject commit records under
+`rows/` while it is being written; and `manifest.json`, written last. Definitions: `schemas/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jsonschema
+
+from factory.errors import StoreError
+
+SCHEMA_VERSION = "1"
+TABLE = "metadata.parquet"
+MANIFEST = "manifest.json"
+ROWS_DIR = "rows"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+# name -> (dtype, per-subject shape symbolically). Frame arrays are chunked one frame per chunk, so a
+# reader can fetch a single 3D frame and concurrent writers of different subjects never share a chunk.
+FRAME_ARRAYS = {"image": "float16", "mask": "uint8"}
+SUBJECT_ARRAYS = {"labeled": ("bool", "T"), "phase": ("float32", "T"), "slice_mask": ("bool", "Z")}
+ARRAY_NAMES = (*FRAME_ARRAYS, *SUBJECT_ARRAYS)
+
+
+@functools.cache
+def load_schema(name: str) -> dict:
+    """Load `schemas/<name>.v<SCHEMA_VERSION>.json`."""
+    path = SCHEMA_DIR / f"{name}.v{SCHEMA_VERSION}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"schema file {path} is missing: is the project checkout complete?") from None
+
+
+def validate(document: dict, schema_name: str, where: str) -> None:
+    """Validate a JSON document against a schema; the error names the store and the failing field."""
+    try:
+        jsonschema.validate(document, load_schema(schema_name))
+    except jsonschema.ValidationError as err:
+        field = "/".join(str(p) for p in err.absolute_path) or "<root>"
+        raise StoreError(f"{where}: {schema_name} field {field!r}: {err.message}") from None
+
+
+def table_columns() -> dict[str, dict]:
+    """Column definitions of metadata.parquet (name -> type, required, nullable)."""
+    return load_schema("metadata-table")["columns"]
+
+
+def row_path(index: int) -> str:
+    """Relative path of the commit record of subject `index`."""
+    return f"{ROWS_DIR}/{index:08d}.json"

@@ -1,0 +1,122 @@
+"""Store contract: write, commit, finalise, read back, refuse incomplete or reused paths, verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from factory.cli import main
+from factory.data.clinical import empty_measurement, measure
+from factory.errors import StoreError
+from factory.presets import get_preset
+from factory.store.reader import open_store
+from factory.store.verify import verify_store
+from factory.store.writer import StoreWriter
+
+from conftest import make_subject
+
+
+ROW = {"source": "t", "vendor": "A", "diagnosis": "NOR", **empty_measurement()}
+
+
+def write_store(path: Path, n: int = 3, finalize: bool = True) -> StoreWriter:
+    writer = StoreWriter.create(str(path), n_subjects=n, preset=get_preset("tiny"), kind="cohort")
+    for i in range(n):
+        subject = make_subject(f"s{i}", n_frames=5 + i, seed=i)
+        row = {"source": "test", "vendor": "A", "diagnosis": "NOR",
+               **measure(subject.mask, subject.spacing_mm, subject.es_frame)}
+        writer.write_subject(i, subject, row)
+    if finalize:
+        writer.finalize()
+    return writer
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_store(path)
+    store = open_store(str(path))
+    assert store.n_subjects == 3 and list(store.table["subject_id"]) == ["s0", "s1", "s2"]
+    assert store.attrs["label_map"] == {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
+    assert store.attrs["spacing_mm"] == [10.0, 2.5, 2.5]
+    original = make_subject("s2", n_frames=7, seed=2)
+    back = store.subject(2)
+    assert back.image.shape == original.image.shape
+    np.testing.assert_allclose(back.image, original.image, atol=1e-3)  # float16 storage
+    np.testing.assert_array_equal(back.mask[original.labeled], original.mask[original.labeled])
+    assert not back.mask[~original.labeled].any(), "unlabeled frames must not carry masks"
+    assert back.phase[0] == 0 and back.phase[back.es_frame] == 100
+    assert verify_store(str(path)) == []
+    assert main(["verify", str(path)]) == 0
+    assert main(["info", str(path)]) == 0
+
+
+def test_incomplete_store_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    writer = write_store(path, finalize=False)
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(str(path))
+    assert open_store(str(path), require_complete=False).table.shape[0] == 3
+    assert main(["verify", str(path)]) == 1
+    writer.finalize()
+    assert verify_store(str(path)) == []
+
+
+def test_finalize_requires_every_subject(tmp_path):
+    writer = StoreWriter.create(str(tmp_path / "s.zarr"), n_subjects=2, preset=get_preset("tiny"), kind="cohort")
+    writer.write_subject(0, make_subject("a"), ROW)
+    with pytest.raises(StoreError, match="not committed"):
+        writer.finalize()
+
+
+def test_rows_must_have_required_columns(tmp_path):
+    writer = StoreWriter.create(str(tmp_path / "s.zarr"), n_subjects=1, preset=get_preset("tiny"), kind="cohort")
+    with pytest.raises(StoreError, match="edv_ml"):
+        writer.write_subject(0, make_subject("a"), {"source": "t", "vendor": "A", "diagnosis": "NOR"})
+
+
+def test_existing_output_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_store(path, n=1)
+    with pytest.raises(StoreError, match="already exists"):
+        StoreWriter.create(str(path), n_subjects=1, preset=get_preset("tiny"), kind="cohort")
+    StoreWriter.create(str(path), n_subjects=1, preset=get_preset("tiny"), kind="cohort", overwrite=True)
+
+
+def test_verify_reports_corruption(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_store(path)
+    chunk = path / "image" / "c" / "1" / "0" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    problems = verify_store(str(path))
+    assert any("subject 1" in p and "unreadable" in p for p in problems), problems
+
+
+def test_verify_reports_bad_labels_and_table_edits(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_store(path)
+    zarr.open_group(str(path), mode="r+")["mask"][0, 0, 3, 30, 30] = 7
+    table_path = path / "metadata.parquet"
+    original = table_path.read_bytes()
+    table_path.write_bytes(original + b"x")
+    problems = verify_store(str(path))
+    assert any("checksum" in p for p in problems) and any("unreadable" in p for p in problems), problems
+    table_path.write_bytes(original)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["table"]["sha256"] = __import__("hashlib").sha256((path / "metadata.parquet").read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify_store(str(path))
+    assert any("subject 0" in p and "outside 0..3" in p for p in problems), problems
+
+
+def test_store_on_an_fsspec_url():
+    url = "memory://stores/s.zarr"
+    writer = StoreWriter.create(url, n_subjects=1, preset=get_preset("tiny"), kind="cohort", overwrite=True)
+    writer.write_subject(0, make_subject(), ROW)
+    writer.finalize()
+    assert verify_store(url) == []
