@@ -1,0 +1,1 @@
+"""Sampling: plans (what to generate), the cascade pipeline (how), the quality gate."""
