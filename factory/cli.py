@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("factory.store.info", "print a summary of a store"),
     "verify": ("factory.store.verify", "check a store's integrity; non-zero exit with reasons"),
     "models": ("factory.models.summary", "build a preset's models and print parameter counts and shapes"),
+    "export": ("factory.export.cli", "export stores as per-subject 4D NIfTI or as an nnU-Net v2 raw dataset"),
+    "preview": ("factory.preview.cli", "animated GIFs, montages and a dataset report (report.md) of a store"),
 }
 
 

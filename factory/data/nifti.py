@@ -8,6 +8,7 @@ reversal: zooms (i, j, k) -> spacing_mm (z, y, x).
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from factory.errors import InputError
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+# nibabel silently "fixes" header problems below this level (e.g. a zero voxel size becomes 1 mm);
+# from it up (zero/negative pixdim, bad magic, datatype, offsets) they raise instead.
+_HEADER_ERROR_LEVEL = 30
 
 
 def is_nifti(path: Path) -> bool:
@@ -44,12 +48,15 @@ def load_nifti(path: Path, ndims: tuple[int, ...] = (3, 4)) -> tuple[np.ndarray,
     Trailing singleton axes beyond the fourth (e.g. a 5D (i, j, k, t, 1) file) are dropped.
     """
     path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such NIfTI file")
     try:
-        image = nib.load(path)
+        with nib.imageglobals.ErrorLevel(_HEADER_ERROR_LEVEL), nib.imageglobals.LoggingOutputSuppressor():
+            image = nib.load(path)
         data = np.asarray(image.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     except _READ_ERRORS as err:
-        raise InputError(f"{path}: cannot read NIfTI (truncated or corrupt?): {err}") from None
+        raise InputError(f"{path}: unreadable NIfTI (truncated, corrupt or invalid header): {err}") from None
     while data.ndim > 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim not in ndims:
@@ -57,7 +64,7 @@ def load_nifti(path: Path, ndims: tuple[int, ...] = (3, 4)) -> tuple[np.ndarray,
                          f"got {data.ndim}D with shape {data.shape}")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: contains {np.count_nonzero(~np.isfinite(data))} NaN/inf voxels")
-    if len(zooms) < 3 or min(zooms) <= 0:
+    if len(zooms) < 3 or not all(0 < z < math.inf for z in zooms):
         raise InputError(f"{path}: voxel spacing must be positive, header gives {zooms}")
     return data, np.asarray(image.affine, dtype=np.float64), zooms
 
@@ -89,9 +96,10 @@ def save_nifti(array_tzyx: np.ndarray, spacing_mm: tuple[float, float, float], p
                affine: np.ndarray | None = None, compresslevel: int = 6) -> Path:
     """Write a (T, Z, H, W) or (Z, H, W) array as NIfTI, byte-identical for identical input.
 
-    The dtype of the array is kept (float32 images, uint8 masks). Without `affine` the voxel frame
-    is axis-aligned with the given spacing. `.nii.gz` is gzipped with a fixed mtime and no stored
-    file name, so re-exporting the same data gives the same bytes.
+    The dtype of the array is kept (float32 images, uint8 masks). The voxel frame is axis-aligned
+    with the given spacing unless an `affine` (e.g. the native one) is given, which then defines the
+    voxel size. `.nii.gz` is gzipped with a fixed mtime and no stored file name, so re-exporting the
+    same data gives the same bytes.
     """
     path = Path(path)
     image = nib.Nifti1Image(internal_to_nifti(array_tzyx),

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from factory.data.clinical import empty_measurement, measure
-from factory.data.nifti import is_nifti, load_nifti, nifti_stem, nifti_to_internal, zooms_to_spacing
+from factory.data.nifti import (NIFTI_SUFFIXES, is_nifti, load_nifti, nifti_stem, nifti_to_internal,
+                                zooms_to_spacing)
 from factory.errors import InputError
 from factory.record import Subject
 
@@ -61,6 +62,7 @@ def detect_layout(src: Path) -> str:
 
 
 def _resolve(src: Path, layout: str) -> str:
+    """The layout to read `src` with: the requested one, or the detected one for 'auto'."""
     if layout == "auto":
         return detect_layout(src)
     if layout not in LAYOUTS:
@@ -79,7 +81,8 @@ def read_cohort(src: Path, layout: str = "auto", *, full_gt: bool = False, sourc
     """Yield the subjects of a cohort folder one at a time (memory flat in the cohort size).
 
     `source` / `vendor` replace the layout's defaults (ACDC: 'acdc' / 'Siemens'; M&Ms: 'mnms' /
-    the CSV's vendor; NIfTI: 'nifti' / 'unknown') where the cohort's own metadata gives none.
+    'unknown'; NIfTI: 'nifti' / 'unknown'); the cohort's own metadata (an ACDC-layout
+    `metadata.csv`, the M&Ms CSV's VendorName) still takes precedence.
     `full_gt` uses an ACDC `*_4d_gt` full-cycle mask when present (every frame labeled).
     """
     src = Path(src)
@@ -95,7 +98,7 @@ def read_cohort(src: Path, layout: str = "auto", *, full_gt: bool = False, sourc
         if not table:
             raise InputError(f"{src}: M&Ms layout needs a metadata CSV with an {MNMS_ID_COLUMN!r} column")
         for image_path in paths:
-            yield read_mnms_subject(image_path, table, source=source or "mnms", vendor=vendor)
+            yield read_mnms_subject(image_path, table, source=source or "mnms", vendor=vendor or "unknown")
     else:
         for path in paths:
             yield read_nifti_subject(path, source=source or "nifti", vendor=vendor or "unknown")
@@ -123,8 +126,9 @@ def _read_table(paths: list[Path], id_column: str) -> dict[str, dict]:
 
 
 def _find_nifti(folder: Path, stem: str) -> Path | None:
-    return next((folder / f"{stem}{s}" for s in (".nii.gz", ".nii") if (folder / f"{stem}{s}").is_file()),
-                None)
+    """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists (None if neither)."""
+    candidates = (folder / f"{stem}{suffix}" for suffix in NIFTI_SUFFIXES)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def _load_labels(path: Path, image_shape: tuple[int, ...], image_path: Path) -> np.ndarray:
@@ -140,6 +144,7 @@ def _load_labels(path: Path, image_shape: tuple[int, ...], image_path: Path) -> 
 
 
 def _check_cycle(ed: int, es: int, n_frames: int, where: Path) -> None:
+    """ED and ES (0-based) must be two different frames of the sequence; `where` gave them."""
     if not (0 <= ed < n_frames and 0 <= es < n_frames and ed != es):
         raise InputError(f"{where}: ED/ES frames ({ed}, {es}; 0-based) must be distinct frames of a "
                          f"{n_frames}-frame cycle")
@@ -210,15 +215,15 @@ def read_acdc_subject(folder: Path, row: dict | None = None, *, full_gt: bool = 
                 mask[..., frame] = _load_labels(gt_path, image.shape[:3], image_path)
                 labeled[frame] = True
     meta = {"source": row.get("source", source), "vendor": row.get("vendor", vendor),
-            "diagnosis": info.get("Group", row.get("diagnosis")), "path": str(folder),
-            "height_cm": _float(info, "Height"), "weight_kg": _float(info, "Weight")}
+            "diagnosis": info.get("Group", row.get("diagnosis")), "origin": str(folder),
+            "height_m": _float(info, "Height") / 100, "weight_kg": _float(info, "Weight")}
     return _build(pid, image, mask, labeled, zooms, affine, ed, es, meta)
 
 
 # ---------------------------------------------------------------- M&Ms
 
 def read_mnms_subject(image_path: Path, table: dict[str, dict], *, source: str = "mnms",
-                      vendor: str | None = None) -> Subject:
+                      vendor: str = "unknown") -> Subject:
     """One M&Ms `<code>_sa.nii.gz` with its optional `_sa_gt` and its row of the metadata CSV."""
     image_path = Path(image_path)
     code = nifti_stem(image_path)[: -len("_sa")]
@@ -242,8 +247,8 @@ def read_mnms_subject(image_path: Path, table: dict[str, dict], *, source: str =
     pathology = str(row.get("Pathology", "")) or None
     meta = {"source": source, "vendor": row.get("VendorName", vendor), "vendor_code": row.get("Vendor"),
             "centre": row.get("Centre"), "pathology": pathology,
-            "diagnosis": MNMS_TO_ACDC_DIAGNOSIS.get(pathology, pathology), "path": str(image_path),
-            "height_cm": _float(row, "Height"), "weight_kg": _float(row, "Weight")}
+            "diagnosis": MNMS_TO_ACDC_DIAGNOSIS.get(pathology, pathology), "origin": str(image_path),
+            "height_m": _float(row, "Height") / 100, "weight_kg": _float(row, "Weight")}
     return _build(code, image, mask, labeled, zooms, affine, ed, es, meta)
 
 
@@ -254,6 +259,6 @@ def read_nifti_subject(path: Path, *, source: str = "nifti", vendor: str = "unkn
     path = Path(path)
     image, affine, zooms = load_nifti(path, ndims=(3, 4))
     n_frames = image.shape[3] if image.ndim == 4 else 1
-    meta = {"source": source, "vendor": vendor, "diagnosis": None, "path": str(path)}
+    meta = {"source": source, "vendor": vendor, "diagnosis": None, "origin": str(path)}
     return _build(nifti_stem(path), image, np.zeros(image.shape, dtype=np.uint8),
                   np.zeros(n_frames, dtype=bool), zooms, affine, 0, None, meta)

@@ -1,9 +1,9 @@
 """Dual-decoder VAE: one anisotropic 3D encoder, an image decoder and a segmentation decoder.
 
 A frame (1, Z, H, W) maps to a latent (C, Z, H/f, W/f): only H and W are downsampled because the
-slices are 10 mm apart. The first (full-resolution) level uses in-plane (1, 3, 3) kernels, where
-a through-plane kernel would mix slices 4-10 pixels apart for a third of the cost; deeper levels
-use 3 x 3 x 3 kernels so the latent still sees its neighbouring slices.
+slices are 10 mm apart. Every level uses in-plane (1, 3, 3) kernels except one middle block at the
+latent resolution (in-plane spacing now close to the slice spacing) in the encoder and in each
+decoder, whose 3 x 3 x 3 kernels let the latent of a slice see its neighbours.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from factory.models.blocks import conv, down, res_block, up
+from factory.models.blocks import PLANAR_KERNEL, conv, down, res_block, up
 from factory.presets import VAEConfig
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -28,20 +28,15 @@ def level_widths(cfg: VAEConfig) -> list[int]:
     return [cfg.channels[min(level, len(cfg.channels) - 1)] for level in range(n_down + 1)]
 
 
-def level_kernel(level: int) -> tuple[int, int, int]:
-    """In-plane kernel at full resolution, isotropic 3 x 3 x 3 below."""
-    return (1, 3, 3) if level == 0 else (3, 3, 3)
-
-
 class Encoder(nn.Module):
     """Frame (B, 1, Z, H, W) -> (mu, logvar), each (B, C, Z, H/f, W/f)."""
 
     def __init__(self, cfg: VAEConfig, in_channels: int = 1) -> None:
         super().__init__()
         widths = level_widths(cfg)
-        layers: list[nn.Module] = [conv(in_channels, widths[0], level_kernel(0))]
+        layers: list[nn.Module] = [conv(in_channels, widths[0], PLANAR_KERNEL)]
         for level, width in enumerate(widths):
-            layers += [res_block(width, width, level_kernel(level)) for _ in range(cfg.num_res_blocks)]
+            layers += [res_block(width, width, PLANAR_KERNEL) for _ in range(cfg.num_res_blocks)]
             if level < len(widths) - 1:
                 layers.append(down(width, widths[level + 1]))
         layers += [res_block(widths[-1], widths[-1]), conv(widths[-1], 2 * cfg.latent_channels, 1)]
@@ -60,11 +55,11 @@ class Decoder(nn.Module):
         widths = level_widths(cfg)
         layers: list[nn.Module] = [conv(cfg.latent_channels, widths[-1]), res_block(widths[-1], widths[-1])]
         for level in reversed(range(len(widths))):
-            layers += [res_block(widths[level], widths[level], level_kernel(level))
+            layers += [res_block(widths[level], widths[level], PLANAR_KERNEL)
                        for _ in range(cfg.num_res_blocks)]
             if level > 0:
                 layers.append(up(widths[level], widths[level - 1]))
-        layers.append(conv(widths[0], out_channels, level_kernel(0)))
+        layers.append(conv(widths[0], out_channels, PLANAR_KERNEL))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

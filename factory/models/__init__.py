@@ -1,0 +1,1 @@
+"""The networks of the cascade: dual-decoder VAE, residual motion teacher, anatomy and motion LDMs."""

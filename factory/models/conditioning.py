@@ -1,0 +1,134 @@
+"""Conditioning of the diffusion UNets: clinical values and cardiac phase -> cross-attention tokens.
+
+`CLINICAL_SCALARS` is the one list of scalar conditions; `ClinicalNormalizer` standardises them
+(its statistics travel in the model bundle's JSON); `ClinicalEncoder` turns a diagnosis and the
+normalised scalars into context tokens, with a per-sample `drop` for classifier-free guidance;
+`PhaseEmbedding` turns the cardiac phase into one more token for the motion model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from factory.errors import InputError
+from factory.presets import DIAGNOSES
+
+CLINICAL_SCALARS: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "n_slices")
+NULL_DIAGNOSIS = len(DIAGNOSES)  # the "unconditional" diagnosis id of classifier-free guidance
+PHASE_PERIOD = 200.0  # 0 = ED, 100 = ES, 200 = the next ED
+
+
+def diagnosis_ids(names: Sequence[str]) -> torch.Tensor:
+    """Diagnosis names (e.g. "DCM") -> long tensor of ids into DIAGNOSES."""
+    unknown = sorted(set(names) - set(DIAGNOSES))
+    if unknown:
+        raise InputError(f"unknown diagnosis {unknown}; expected one of {list(DIAGNOSES)}")
+    return torch.tensor([DIAGNOSES.index(name) for name in names], dtype=torch.long)
+
+
+class ClinicalNormalizer:
+    """Per-scalar mean/std standardisation of CLINICAL_SCALARS, fitted on a cohort table."""
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.std = None if std is None else np.asarray(std, dtype=np.float64)
+
+    @staticmethod
+    def _columns(table: Any) -> np.ndarray:
+        """(B, S) float64 array of the scalars from a DataFrame or a dict of arrays / numbers."""
+        missing = [name for name in CLINICAL_SCALARS if name not in table]
+        if missing:
+            raise InputError(f"clinical table lacks columns {missing}")
+        return np.stack([np.atleast_1d(np.asarray(table[name], dtype=np.float64))
+                         for name in CLINICAL_SCALARS], axis=1)
+
+    def fit(self, table: Any) -> Self:
+        """Fit mean/std per scalar (ignoring NaN) on a DataFrame or dict of arrays; returns self."""
+        values = self._columns(table)
+        empty = [name for name, col in zip(CLINICAL_SCALARS, values.T) if np.isnan(col).all()]
+        if empty:
+            raise InputError(f"clinical table has no values for {empty}")
+        self.mean = np.nanmean(values, axis=0)
+        std = np.nanstd(values, axis=0)
+        self.std = np.where(std > 1e-6, std, 1.0)  # a constant column is centred, not blown up
+        return self
+
+    def transform(self, table: Any) -> torch.Tensor:
+        """DataFrame or dict of arrays -> float32 tensor (B, S) of standardised scalars."""
+        if self.mean is None or self.std is None:
+            raise InputError("ClinicalNormalizer is not fitted: call fit(table) or from_dict(...)")
+        values = self._columns(table)
+        bad = [name for name, col in zip(CLINICAL_SCALARS, values.T) if not np.isfinite(col).all()]
+        if bad:
+            raise InputError(f"clinical values {bad} contain NaN/inf; fill them or drop the condition")
+        return torch.from_numpy((values - self.mean) / self.std).float()
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-ready statistics (stored in the model bundle's config)."""
+        if self.mean is None or self.std is None:
+            raise InputError("ClinicalNormalizer is not fitted")
+        return {"scalars": list(CLINICAL_SCALARS), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClinicalNormalizer:
+        """Inverse of `to_dict`; refuses statistics fitted for another scalar list."""
+        if list(data.get("scalars", [])) != list(CLINICAL_SCALARS):
+            raise InputError(f"normalizer was fitted for scalars {data.get('scalars')}, "
+                             f"this code uses {list(CLINICAL_SCALARS)}")
+        return cls(data["mean"], data["std"])
+
+
+class ClinicalEncoder(nn.Module):
+    """(diagnosis, scalars, drop) -> (B, n_tokens, context_dim): one diagnosis token + scalar tokens.
+
+    `drop[i]` swaps sample i's diagnosis for the null id and its scalar tokens for learned null
+    tokens: the unconditional branch of classifier-free guidance.
+    """
+
+    def __init__(self, context_dim: int, n_tokens: int = 4, n_scalars: int = len(CLINICAL_SCALARS),
+                 n_diagnoses: int = len(DIAGNOSES)) -> None:
+        super().__init__()
+        self.n_scalar_tokens = n_tokens - 1
+        self.diagnosis = nn.Embedding(n_diagnoses + 1, context_dim)  # last id = null
+        self.scalars = nn.Sequential(nn.Linear(n_scalars, context_dim), nn.SiLU(),
+                                     nn.Linear(context_dim, self.n_scalar_tokens * context_dim))
+        self.null_scalars = nn.Parameter(torch.randn(self.n_scalar_tokens, context_dim) * 0.02)
+        self.norm = nn.LayerNorm(context_dim)
+
+    def forward(self, diagnosis: torch.Tensor, scalars: torch.Tensor,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        batch = diagnosis.shape[0]
+        scalar_tokens = self.scalars(scalars).view(batch, self.n_scalar_tokens, -1)
+        if drop is not None:
+            drop = drop.to(device=diagnosis.device, dtype=torch.bool)
+            diagnosis = torch.where(drop, torch.full_like(diagnosis, self.diagnosis.num_embeddings - 1),
+                                    diagnosis)
+            scalar_tokens = torch.where(drop[:, None, None], self.null_scalars.to(scalar_tokens.dtype),
+                                        scalar_tokens)
+        tokens = torch.cat([self.diagnosis(diagnosis)[:, None], scalar_tokens], dim=1)
+        return self.norm(tokens)
+
+
+class PhaseEmbedding(nn.Module):
+    """Cardiac phase (B,) in [0, 200) -> one token (B, 1, context_dim).
+
+    Fourier features of the phase with period 200, so phase 200 (the next ED) embeds exactly like
+    phase 0 and the cycle closes; an MLP maps them to the context width.
+    """
+
+    def __init__(self, context_dim: int, n_harmonics: int = 16) -> None:
+        super().__init__()
+        self.register_buffer("harmonics", torch.arange(1, n_harmonics + 1, dtype=torch.float32),
+                             persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n_harmonics, context_dim), nn.SiLU(),
+                                 nn.Linear(context_dim, context_dim), nn.LayerNorm(context_dim))
+
+    def forward(self, phase: torch.Tensor) -> torch.Tensor:
+        angle = (2 * math.pi / PHASE_PERIOD) * phase.float()[:, None] * self.harmonics
+        return self.mlp(torch.cat([angle.sin(), angle.cos()], dim=1))[:, None]

@@ -1,0 +1,1 @@
+"""Looking at a store: per-subject animated GIFs and montages, and a dataset report (report.md + PNGs)."""

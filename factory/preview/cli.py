@@ -1,0 +1,50 @@
+"""`factory preview STORE --out DIR [--subjects K]`: GIFs and montages of K subjects, and report.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from factory.errors import StoreError
+from factory.export.cases import safe_name
+from factory.preview.render import write_cycle_gif, write_montage
+from factory.preview.report import write_report
+from factory.store.reader import Store, open_store
+
+
+def pick_subjects(table: pd.DataFrame, k: int) -> list[int]:
+    """K subject indices taking turns over the diagnoses, so every diagnosis is shown when K allows."""
+    turn = table.groupby(table["diagnosis"].fillna("unknown")).cumcount()
+    order = table.assign(_turn=turn, _diagnosis=table["diagnosis"].fillna("unknown")).sort_values(
+        ["_turn", "_diagnosis"], kind="stable")
+    return [int(i) for i in order.index[:k]]
+
+
+def preview(store: Store, out: Path, subjects: int = 6) -> Path:
+    """Write previews of `subjects` subjects under `out/subjects/` and the report; returns report.md."""
+    if store.table.empty:
+        raise StoreError(f"{store.url}: no subject committed yet, nothing to preview")
+    folder = out / "subjects"
+    folder.mkdir(parents=True, exist_ok=True)
+    previews = []
+    for index in pick_subjects(store.table, subjects):
+        subject = store.subject(index)
+        name = safe_name(subject.subject_id)
+        gif = write_cycle_gif(subject, folder / f"{name}.gif")
+        png = write_montage(subject, folder / f"{name}_montage.png")
+        previews.append((subject.subject_id, str(gif.relative_to(out)), str(png.relative_to(out))))
+    return write_report(store, out, previews)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="store path or URL (an incomplete store shows its committed subjects)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for GIFs, PNGs and report.md")
+    parser.add_argument("--subjects", type=int, default=6, help="number of subjects to preview (default 6)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = preview(open_store(args.store, require_complete=False), args.out, args.subjects)
+    print(f"preview of {args.store}: {report}")
+    return 0
