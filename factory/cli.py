@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("factory.store.ingest", "preprocess ACDC / M&Ms / NIfTI folders into a cohort store"),
     "info": ("factory.store.info", "print a summary of a store"),
     "verify": ("factory.store.verify", "check a store's integrity; non-zero exit with reasons"),
+    "plan": ("factory.sample.cli", "draw a sampling plan (one row per subject to generate) into a CSV"),
     "models": ("factory.models.summary", "build a preset's models and print parameter counts and shapes"),
     "export": ("factory.export.cli", "export stores as per-subject 4D NIfTI or as an nnU-Net v2 raw dataset"),
     "preview": ("factory.preview.cli", "animated GIFs, montages and a dataset report (report.md) of a store"),

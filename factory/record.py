@@ -72,3 +72,13 @@ class Subject:
     @property
     def n_slices(self) -> int:
         return int(np.count_nonzero(self.slice_mask))
+
+
+def centred_slice_mask(n_slices: int, z: int) -> np.ndarray:
+    """(Z,) bool mask of `n_slices` real slices centred in a stack of `z`, as preprocessing pads them."""
+    if not 1 <= n_slices <= z:
+        raise ValueError(f"{n_slices} slices do not fit a stack of {z}")
+    start = (z - n_slices) // 2
+    mask = np.zeros(z, dtype=bool)
+    mask[start:start + n_slices] = True
+    return mask

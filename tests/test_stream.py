@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -104,41 +105,45 @@ def collect(dataset: CineStream, workers: int, context: str = "spawn") -> list[d
 def test_no_duplicates_no_gaps_across_workers_and_ranks(stores):
     cohort, synthetic = stores
     seen = []
-    for rank in range(2):
+    for rank, start_method in ((0, "spawn"), (1, "fork")):  # both start methods, one rank each
         stream = CineStream([cohort, synthetic], rank=rank, world_size=2, seed=11)
-        seen += [key(s) for s in collect(stream, workers=2)]
+        seen += [key(s) for s in collect(stream, workers=2, context=start_method)]
     expected = {(0, *f) for f in real_frames(cohort)} | {(1, *f) for f in real_frames(synthetic)}
     duplicates = [k for k, n in collections.Counter(seen).items() if n > 1]
     assert not duplicates and set(seen) == expected
 
 
-def write_slowly(url: str, n: int, delay_s: float) -> None:
-    """Writer process: commit subjects one by one with a pause, then finalise."""
+def write_in_two_parts(url: str, n: int, go_file: str) -> None:
+    """Writer process: commit two subjects, wait until the consumer has had a sample, commit the rest."""
     writer = StoreWriter(url)
     for i in range(n):
-        time.sleep(delay_s)
+        if i == 2:
+            deadline = time.monotonic() + 120
+            while not os.path.exists(go_file) and time.monotonic() < deadline:
+                time.sleep(0.05)
         writer.write_subject(i, *subject_and_row(i, "cohort", "s"))
     writer.finalize()
 
 
 def test_follow_consumes_a_store_while_it_is_written(tmp_path):
-    url = str(tmp_path / "growing.zarr")
-    n = 5
-    StoreWriter.create(url, n_subjects=n, preset=get_preset("tiny"), kind="cohort")
+    url, go_file = str(tmp_path / "growing.zarr"), tmp_path / "first-sample-arrived"
+    StoreWriter.create(url, n_subjects=5, preset=get_preset("tiny"), kind="cohort")
     with pytest.raises(StoreError, match="incomplete"):
         CineStream(url)
-    writer = multiprocessing.get_context("spawn").Process(target=write_slowly, args=(url, n, 0.5))
+    writer = multiprocessing.get_context("spawn").Process(target=write_in_two_parts, args=(url, 5, str(go_file)))
     writer.start()
     try:
         stream = CineStream(url, follow=True, labeled_only=True, poll_interval_s=0.1, follow_timeout_s=120)
-        arrivals = [(key(s), (tmp_path / "growing.zarr" / "manifest.json").exists())
-                    for s in collect(stream, workers=2)]
+        keys, complete_at_first = [], None
+        for sample in collect(stream, workers=2):
+            if complete_at_first is None:
+                complete_at_first = open_store(url, require_complete=False).complete
+                go_file.touch()
+            keys.append(key(sample))
     finally:
         writer.join(timeout=120)
-    assert writer.exitcode == 0
-    keys = [k for k, _ in arrivals]
+    assert writer.exitcode == 0 and complete_at_first is False, "the first sample must arrive mid-write"
     assert len(keys) == len(set(keys)) and {k[1:] for k in keys} == real_frames(url, labeled_only=True)
-    assert not arrivals[0][1], "the first samples must arrive before the writer finished"
 
 
 def test_monai_unet_trains_from_the_dataloader(stores):

@@ -12,14 +12,22 @@ from factory.presets import Preset
 MODEL_NAMES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
 
 
+def build_model(preset: Preset, name: str) -> nn.Module:
+    """One network of the cascade (one of MODEL_NAMES), freshly initialised."""
+    if name == "vae":
+        return DualDecoderVAE(preset.vae)
+    if name == "teacher":
+        return ResidualMotionTeacher(preset.vae.latent_channels, preset.teacher_channels)
+    if name == "anatomy":
+        return AnatomyUNet(preset)
+    if name == "motion":
+        return MotionUNet(preset)
+    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+
+
 def build_models(preset: Preset) -> dict[str, nn.Module]:
     """The four networks of the cascade, freshly initialised, keyed by MODEL_NAMES."""
-    return {
-        "vae": DualDecoderVAE(preset.vae),
-        "teacher": ResidualMotionTeacher(preset.vae.latent_channels, preset.teacher_channels),
-        "anatomy": AnatomyUNet(preset),
-        "motion": MotionUNet(preset),
-    }
+    return {name: build_model(preset, name) for name in MODEL_NAMES}
 
 
 def count_parameters(module: nn.Module) -> int:

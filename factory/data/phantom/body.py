@@ -16,7 +16,7 @@ import numpy as np
 from factory.data.phantom.raster import Grid
 
 # Canonical directions (rad, y down) from the LV centre.
-ANTERIOR = math.radians(225.0)
+ANTERIOR = math.radians(215.0)
 INFERIOR = math.radians(100.0)
 POSTERIOR = math.radians(45.0)
 
@@ -53,7 +53,7 @@ class Body:
         y, x = grid.coordinates()
         x, y = x - self.heart_xy[0], y - self.heart_xy[1]
         cos, sin = math.cos(self.scene_angle), math.sin(self.scene_angle)
-        return x * cos + y * sin, -x * sin + y * cos
+        return np.broadcast_arrays(x * cos + y * sin, -x * sin + y * cos)
 
     def layers(self, grid: Grid) -> list[tuple[str, np.ndarray]]:
         """(tissue, alpha) in painting order; alphas are (rows, cols) or (Z, rows, cols)."""
@@ -99,10 +99,23 @@ class Body:
         ]
 
     def _vessels(self, x: np.ndarray, y: np.ndarray, n_slices: int) -> np.ndarray:
-        """Pulmonary vessels cut across: Gaussian dots of varying size and brightness in every slice."""
-        out = np.zeros((n_slices,) + np.broadcast_shapes(x.shape, y.shape), dtype=np.float32)
+        """Pulmonary vessels cut across: Gaussian dots of varying size and brightness in every slice.
+
+        Each dot is evaluated in a small window around it (x, y are the canonical coordinates).
+        """
+        out = np.zeros((n_slices,) + x.shape, dtype=np.float32)
+        rows, cols = x.shape
+        cos, sin = math.cos(self.scene_angle), math.sin(self.scene_angle)
+        pixel = float(np.hypot(x[0, 1] - x[0, 0], y[0, 1] - y[0, 0]))
         for vx, vy, k, sigma, brightness in self.vessels:
-            out[int(k)] += brightness * np.exp(-((x - vx) ** 2 + (y - vy) ** 2) / (2.0 * sigma ** 2))
+            # Back to image pixel indices: rotate by the scene angle, shift by the heart position.
+            col = (vx * cos - vy * sin + self.heart_xy[0]) / pixel + (cols - 1) / 2.0
+            row = (vx * sin + vy * cos + self.heart_xy[1]) / pixel + (rows - 1) / 2.0
+            half = int(math.ceil(3.0 * sigma / pixel)) + 1
+            r = slice(max(0, int(row) - half), max(0, min(rows, int(row) + half + 1)))
+            c = slice(max(0, int(col) - half), max(0, min(cols, int(col) + half + 1)))
+            distance2 = (x[r, c] - vx) ** 2 + (y[r, c] - vy) ** 2
+            out[int(k), r, c] += brightness * np.exp(-distance2 / (2.0 * sigma ** 2))
         return np.minimum(out, 1.0)
 
 
@@ -113,7 +126,7 @@ def sample_body(heart_xy: tuple[float, float], heart_reach_mm: float, scene_angl
     size = (bmi / 24.0) ** 0.3
     fat = float(np.clip(4.0 + 1.6 * (bmi - 20.0) + rng.normal(0.0, 2.0), 3.0, 35.0))
     muscle = rng.uniform(8.0, 14.0)
-    n_vessels = 12 * n_slices
+    n_vessels = 25 * n_slices
     ring = heart_reach_mm + rng.uniform(5.0, 100.0, n_vessels)
     angle = rng.uniform(0.0, 2.0 * math.pi, n_vessels)
     vessels = np.stack([ring * np.cos(angle), ring * np.sin(angle), rng.integers(0, n_slices, n_vessels),
@@ -121,9 +134,9 @@ def sample_body(heart_xy: tuple[float, float], heart_reach_mm: float, scene_angl
     return Body(
         scene_angle=scene_angle, heart_xy=heart_xy, heart_reach_mm=heart_reach_mm,
         semi_axes_mm=(rng.uniform(150.0, 180.0) * size, rng.uniform(100.0, 120.0) * size),
-        anterior_mm=heart_reach_mm + rng.uniform(0.0, 12.0) + muscle + fat, fat_mm=fat, muscle_mm=muscle,
+        anterior_mm=heart_reach_mm + rng.uniform(-5.0, 6.0) + muscle + fat, fat_mm=fat, muscle_mm=muscle,
         liver=Disc(INFERIOR + math.radians(rng.uniform(-20.0, 20.0)),
-                   heart_reach_mm * rng.uniform(0.9, 1.3) + 170.0, 170.0),
+                   heart_reach_mm * rng.uniform(0.7, 1.0) + 170.0, 170.0),
         liver_rise_mm=rng.uniform(1.0, 4.0),
         stomach=Disc(INFERIOR - math.radians(rng.uniform(20.0, 50.0)), heart_reach_mm + rng.uniform(30.0, 60.0),
                      rng.uniform(20.0, 40.0)),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factory.data.phantom.anatomy import SLICE_GAP_MM, Fields, Heart, smoothstep
+from factory.data.phantom.anatomy import SLICE_GAP_MM, Fields, Heart, angle_between, smoothstep
 from factory.data.phantom.motion import Motion, Radii, deform
 
 LV, MYO, RV = 3, 2, 1
@@ -44,6 +44,39 @@ class Grid:
         return self.axis_mm(self.rows)[:, None], self.axis_mm(self.cols)[None, :]
 
 
+class PapillaryMuscles:
+    """The two papillary muscles: dark discs in the LV cavity that follow the wall (labelled LV, as in ACDC).
+
+    A muscle stays within ~35 degrees of its angle and inside the ED cavity, so only those pixels
+    are evaluated per frame.
+    """
+
+    def __init__(self, heart: Heart, rho: np.ndarray, theta: np.ndarray):
+        self.r0_mm = heart.lv.r0_mm
+        depths = heart.depths
+        angles = np.asarray(heart.papillary)
+        self.ed = heart.fields(angles[None, :], depths[:, None])  # (Z, 2)
+        depth = smoothstep((depths / heart.lv.apex_mm - 0.3) / 0.1) * smoothstep((0.85 - depths / heart.lv.apex_mm) / 0.1)
+        near = (angle_between(theta[..., None], angles).min(axis=-1) < 0.65) & (rho < self.ed.endo.max())
+        near &= (depth > 0)[:, None, None]
+        self.shape = rho.shape
+        self.index = np.flatnonzero(near)
+        self.slice = self.index // (rho.shape[1] * rho.shape[2])
+        self.rho = rho.ravel()[self.index][:, None]
+        self.cos = np.cos(theta.ravel()[self.index][:, None] - angles[None, :]).astype(np.float32)
+        self.depth = depth[self.slice].astype(np.float32)
+
+    def fraction(self, lv_scale: float, pixel_mm: float) -> np.ndarray:
+        """Partial-volume fraction (Z, h, w) of the muscles at contraction `lv_scale`."""
+        center = (0.62 * self.ed.endo * (1.0 - lv_scale * self.ed.kinesis))[self.slice].astype(np.float32)
+        radius = np.minimum(0.13 * self.r0_mm * (1.0 + 0.6 * lv_scale), 0.5 * center)
+        distance = np.sqrt(np.maximum(self.rho ** 2 + center ** 2 - 2.0 * self.rho * center * self.cos, 0.0))
+        inside = np.clip((radius - distance) / pixel_mm + 0.5, 0.0, 1.0).max(axis=1)
+        out = np.zeros(int(np.prod(self.shape)), dtype=np.float32)
+        out[self.index] = inside * self.depth
+        return out.reshape(self.shape)
+
+
 class HeartRaster:
     """The heart of one subject on one grid: per-pixel polar coordinates and ED fields in a crop."""
 
@@ -66,8 +99,7 @@ class HeartRaster:
         theta = np.arctan2(self.v, self.u) + heart.rotation
         self.fields = Fields(*(f.astype(np.float32) for f in heart.fields(theta, depths[:, None, None])))
         self._trabeculae = heart.trabecular_depth(theta, depths[:, None, None]).astype(np.float32)
-        self._papillary_depth = (smoothstep((depths / heart.lv.apex_mm - 0.3) / 0.1)
-                                 * smoothstep((0.85 - depths / heart.lv.apex_mm) / 0.1)).astype(np.float32)
+        self._papillary = PapillaryMuscles(heart, self.rho, theta)
 
     def _window(self, n: int, lo_mm: float, hi_mm: float) -> slice:
         """Pixel index range covering lo..hi mm along an axis of n pixels, clipped to the image."""
@@ -103,23 +135,10 @@ class HeartRaster:
 
         lv_blood, epi, rv_blood, outer = inside(r.endo), inside(r.epi), inside(r.rv), inside(r.outer)
         compact = inside(r.endo - self._trabeculae * np.float32(1.0 + self.motion.lv_scale[frame]))
-        muscle = np.maximum(self._papillary(frame) * lv_blood, lv_blood - compact)
+        papillary = self._papillary.fraction(self.motion.lv_scale[frame], self.grid.pixel_mm)
+        muscle = np.maximum(papillary * lv_blood, lv_blood - compact)
         return {
             "fat": inside(r.outer + self.fields.fat) - outer,
             "myocardium": (outer - rv_blood) + (epi - lv_blood) + muscle,
             "blood": (rv_blood - epi) + lv_blood - muscle,
         }
-
-    def _papillary(self, frame: int) -> np.ndarray:
-        """Fraction of the two papillary muscles: dark discs in the cavity (labelled LV, as in ACDC)."""
-        heart = self.heart
-        angles = np.asarray(heart.papillary)[None, :]
-        at = heart.fields(angles, heart.depths[:, None])  # (Z, 2)
-        c = self.motion.lv_scale[frame]
-        endo = at.endo * (1.0 - c * at.kinesis)
-        radius = 0.13 * heart.lv.r0_mm * (1.0 + 0.6 * c)
-        local = angles - heart.rotation
-        cu, cv = (0.62 * endo * np.cos(local))[..., None, None], (0.62 * endo * np.sin(local))[..., None, None]
-        distance = np.hypot(self.u[:, None] - cu, self.v[:, None] - cv).min(axis=1)
-        inside = np.clip((radius - distance) / self.grid.pixel_mm + 0.5, 0.0, 1.0)
-        return (inside * self._papillary_depth[:, None, None]).astype(np.float32)
