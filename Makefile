@@ -23,8 +23,25 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# The demo: a local Ray head (job server on 127.0.0.1, Python from .venv), the generation job submitted
+# to it on the shipped demo bundle, then previews and a report of the synthetic store.
+DEMO_N ?= 32
+RAY_PORT ?= 6391
+DASH_PORT ?= 8266
 demo: $(STAMP)
-	bash scripts/demo.sh $(OUT)
+	@mkdir -p $(OUT)
+	@set -e; export PATH="$(abspath $(BIN)):$$PATH"; \
+	ray start --head --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASH_PORT) \
+	    --disable-usage-stats >$(OUT)/ray-start.log; \
+	trap 'ray stop >/dev/null 2>&1' EXIT; \
+	ray job submit --address http://127.0.0.1:$(DASH_PORT) --working-dir . -- \
+	    python jobs/generate.py --n $(DEMO_N) --balance diagnosis --out $(abspath $(OUT))/synthetic.zarr --overwrite; \
+	factory verify $(OUT)/synthetic.zarr; \
+	factory preview $(OUT)/synthetic.zarr --out $(OUT)/preview; \
+	echo; echo "demo finished:"; \
+	echo "  synthetic store : $(abspath $(OUT))/synthetic.zarr  (factory info / factory export / factory.stream.CineStream)"; \
+	echo "  previews        : $(abspath $(OUT))/preview/  (GIFs and montages per subject)"; \
+	echo "  report          : $(abspath $(OUT))/preview/report.md"
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

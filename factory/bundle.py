@@ -230,6 +230,14 @@ def start_bundle(path: Path | str, preset: Preset, fingerprint: dict) -> dict:
     return config
 
 
+def update_config(path: Path | str, updates: dict) -> dict:
+    """Set top-level fields of bundle.json (e.g. the clinical normaliser) and return it."""
+    path = Path(path)
+    config = read_config(path) | updates
+    write_json_atomic(path / BUNDLE_FILE, config)
+    return config
+
+
 def add_stage(path: Path | str, stage: str, tensors: dict[str, torch.Tensor], info: dict,
               updates: dict | None = None) -> dict:
     """Write a stage's weights, then record it (and config `updates`, e.g. a scale factor) in bundle.json."""
@@ -237,8 +245,5 @@ def add_stage(path: Path | str, stage: str, tensors: dict[str, torch.Tensor], in
     config = read_config(path)
     weights = path / f"{stage}.safetensors"
     save_file(tensors, str(weights), metadata={"stage": stage, "preset": config["preset"]})
-    config.update(updates or {})
-    config["code_version"] = code_version()
-    config["stages"][stage] = {"file": weights.name, "sha256": sha256_file(weights), **info}
-    write_json_atomic(path / BUNDLE_FILE, config)
-    return config
+    stages = {**config["stages"], stage: {"file": weights.name, "sha256": sha256_file(weights), **info}}
+    return update_config(path, {**(updates or {}), "code_version": code_version(), "stages": stages})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,8 @@ def subject_and_row(i: int, kind: str, prefix: str):
         half_width = 2 + i % 4 + (0 if t == subject.es_frame else 2)
         subject.mask[t][subject.mask[t] == 3] = 2
         subject.mask[t, 2:9, 24:36, 30 - half_width:30 + half_width] = 3
-    subject.image[:] = np.clip(subject.mask / 3 * 2 - 1 + np.random.default_rng(i).normal(0, 0.05, subject.mask.shape), -1, 1)
+    noise = np.random.default_rng(i).normal(0, 0.05, subject.mask.shape)
+    subject.image[:] = np.clip(subject.mask / 3 * 2 - 1 + noise, -1, 1)
     subject.slice_mask[-2:] = False  # two padding slices at the apex end
     row = {"source": prefix, "vendor": "A" if i % 2 else "B", "diagnosis": DIAGNOSES[i % len(DIAGNOSES)],
            **measure(subject.mask, subject.spacing_mm, subject.es_frame)}
@@ -46,3 +49,15 @@ def write_store(path: Path | str, n: int = 6, kind: str = "cohort", prefix: str 
     if finalize:
         writer.finalize()
     return str(path)
+
+
+def write_in_two_parts(url: str, go_file: str, timeout_s: float = 120) -> None:
+    """Writer process for a created store: commit two subjects, wait for `go_file`, commit the rest, finalise."""
+    writer = StoreWriter(url)
+    for i in range(writer.n_subjects):
+        if i == 2:
+            deadline = time.monotonic() + timeout_s
+            while not os.path.exists(go_file) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        writer.write_subject(i, *subject_and_row(i, "cohort", "s"))
+    writer.finalize()

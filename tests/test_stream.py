@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
-import os
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from factory.store.writer import StoreWriter
 from factory.stream import CineStream
 from factory.stream import plan
 
-from store_builders import subject_and_row, write_store
+from store_builders import write_in_two_parts, write_store
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +95,8 @@ def test_mixing_proportions_and_epochs(stores):
     assert [key(s) for s in stream] != epoch0
 
 
-def collect(dataset: CineStream, workers: int, context: str = "spawn") -> list[dict]:
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context=context)
-    return list(loader)
+def loader(dataset: CineStream, workers: int, context: str = "spawn") -> DataLoader:
+    return DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context=context)
 
 
 def test_no_duplicates_no_gaps_across_workers_and_ranks(stores):
@@ -107,22 +104,10 @@ def test_no_duplicates_no_gaps_across_workers_and_ranks(stores):
     seen = []
     for rank, start_method in ((0, "spawn"), (1, "fork")):  # both start methods, one rank each
         stream = CineStream([cohort, synthetic], rank=rank, world_size=2, seed=11)
-        seen += [key(s) for s in collect(stream, workers=2, context=start_method)]
+        seen += [key(s) for s in loader(stream, workers=2, context=start_method)]
     expected = {(0, *f) for f in real_frames(cohort)} | {(1, *f) for f in real_frames(synthetic)}
     duplicates = [k for k, n in collections.Counter(seen).items() if n > 1]
     assert not duplicates and set(seen) == expected
-
-
-def write_in_two_parts(url: str, n: int, go_file: str) -> None:
-    """Writer process: commit two subjects, wait until the consumer has had a sample, commit the rest."""
-    writer = StoreWriter(url)
-    for i in range(n):
-        if i == 2:
-            deadline = time.monotonic() + 120
-            while not os.path.exists(go_file) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        writer.write_subject(i, *subject_and_row(i, "cohort", "s"))
-    writer.finalize()
 
 
 def test_follow_consumes_a_store_while_it_is_written(tmp_path):
@@ -130,12 +115,12 @@ def test_follow_consumes_a_store_while_it_is_written(tmp_path):
     StoreWriter.create(url, n_subjects=5, preset=get_preset("tiny"), kind="cohort")
     with pytest.raises(StoreError, match="incomplete"):
         CineStream(url)
-    writer = multiprocessing.get_context("spawn").Process(target=write_in_two_parts, args=(url, 5, str(go_file)))
+    writer = multiprocessing.get_context("spawn").Process(target=write_in_two_parts, args=(url, str(go_file)))
     writer.start()
     try:
         stream = CineStream(url, follow=True, labeled_only=True, poll_interval_s=0.1, follow_timeout_s=120)
         keys, complete_at_first = [], None
-        for sample in collect(stream, workers=2):
+        for sample in loader(stream, workers=2, context="fork"):
             if complete_at_first is None:
                 complete_at_first = open_store(url, require_complete=False).complete
                 go_file.touch()
@@ -154,19 +139,19 @@ def test_monai_unet_trains_from_the_dataloader(stores):
     cohort, synthetic = stores
     stream = CineStream([cohort, synthetic], labeled_only=True, seed=2,
                         transform=RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=2))
-    loader = DataLoader(stream, batch_size=2, num_workers=2, multiprocessing_context="fork")
+    loader = DataLoader(stream, batch_size=2)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=4, channels=(4, 8), strides=((1, 2, 2),))
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     losses = []
-    for step, batch in zip(range(3), loader):
+    for _, batch in zip(range(2), loader):
         assert batch["image"].shape == (2, 1, 12, 64, 64) and len(batch["subject_id"]) == 2
         optimiser.zero_grad()
         loss = loss_fn(net(batch["image"]), batch["label"])
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
-    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert len(losses) == 2 and all(np.isfinite(losses))
 
 
 def test_bad_inputs_name_the_store(tmp_path, stores):

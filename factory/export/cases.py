@@ -52,9 +52,13 @@ def real_slices(slice_mask: np.ndarray) -> slice:
     return slice(int(real[0]), int(real[-1]) + 1) if len(real) else slice(0, len(slice_mask))
 
 
-def iter_cases(urls: list[str]) -> Iterator[Case]:
-    """Every subject of the (complete) stores, in store order; a repeated case name is an error."""
-    stores = [open_store(url) for url in urls]
+def open_stores(urls: list[str]) -> list[Store]:
+    """Open every store to export first, so that a missing or incomplete one fails before any output."""
+    return [open_store(url) for url in urls]
+
+
+def iter_cases(stores: list[Store]) -> Iterator[Case]:
+    """Every subject of the stores, in store order; a repeated case name is an error."""
     seen: dict[str, str] = {}
     for store in stores:
         for index in range(store.n_subjects):

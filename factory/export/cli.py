@@ -10,11 +10,13 @@ from factory.export.nnunet import export_nnunet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stores", nargs="+", metavar="STORE", help="complete store path(s) or URL(s); several are merged")
+    parser.add_argument("stores", nargs="+", metavar="STORE",
+                        help="complete store path(s) or URL(s); several are merged")
     parser.add_argument("--format", required=True, choices=("nifti", "nnunet"),
                         help="nifti: a 4D image + label per subject and metadata.csv; "
                              "nnunet: an nnU-Net v2 raw dataset, one case per labeled frame")
-    parser.add_argument("--out", required=True, help="output folder (nnunet: the nnUNet_raw folder to add the dataset to)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (nnunet: the nnUNet_raw folder to add the dataset to)")
     parser.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id (nnunet only)")
     parser.add_argument("--dataset-name", default="CineFactory", help="nnU-Net dataset name (nnunet only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")

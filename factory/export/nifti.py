@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from factory.data.nifti import save_nifti
-from factory.export.cases import iter_cases
+from factory.export.cases import iter_cases, open_stores
 from factory.export.output import staged_dir
 
 METADATA = "metadata.csv"
@@ -20,9 +20,10 @@ METADATA = "metadata.csv"
 
 def export_nifti(stores: list[str], out: Path | str, overwrite: bool = False) -> Path:
     """Write every subject of `stores` as a 4D image + label NIfTI pair under `out`; returns `out`."""
+    opened = open_stores(stores)
     records = []
     with staged_dir(out, overwrite) as staging:
-        for case in iter_cases(stores):
+        for case in iter_cases(opened):
             image, label = f"{case.name}_image.nii.gz", f"{case.name}_label.nii.gz"
             save_nifti(case.image, case.store.spacing_mm, staging / image)
             save_nifti(case.mask, case.store.spacing_mm, staging / label)

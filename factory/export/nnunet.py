@@ -15,7 +15,7 @@ import pandas as pd
 
 from factory.data.nifti import save_nifti
 from factory.errors import InputError
-from factory.export.cases import iter_cases
+from factory.export.cases import iter_cases, open_stores
 from factory.export.output import staged_dir
 from factory.presets import LABEL_MAP
 
@@ -43,9 +43,10 @@ def export_nnunet(stores: list[str], out: Path | str, dataset_id: int = 501, dat
                   overwrite: bool = False) -> Path:
     """Write the labeled frames of `stores` as nnU-Net raw dataset `out/DatasetXXX_Name`; returns its path."""
     folder = Path(out) / dataset_folder_name(dataset_id, dataset_name)
+    opened = open_stores(stores)
     records = []
     with staged_dir(folder, overwrite) as staging:
-        for case in iter_cases(stores):
+        for case in iter_cases(opened):
             spacing = case.store.spacing_mm
             for t in np.flatnonzero(case.subject.labeled):
                 name = f"{case.name}_f{t:02d}"

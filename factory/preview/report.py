@@ -173,8 +173,9 @@ def write_report(store: Store, out: Path, previews: list[tuple[str, str, str]] =
     if "status" in table or "gate_attempts" in table:
         lines += gate_section(table, out)
     if previews:
+        rows = [[s, f"![{s}]({gif})", f"[montage]({png})"] for s, gif, png in previews]
         lines += ["## Subject previews", "", *md_table(["subject", "cycle (mid-ventricular slice)", "slices x frames"],
-                                                       [[s, f"![{s}]({g})", f"[montage]({p})"] for s, g, p in previews])]
+                                                       rows)]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -64,7 +64,9 @@ class CineStream(IterableDataset):
     ``index`` (subject index in its store), ``frame`` / ``slice`` where the mode splits them,
     ``diagnosis``, ``vendor`` and the clinical values ``edv_ml``, ``esv_ml``, ``ef_pct``,
     ``myo_mass_g`` (NaN when unknown). ``transform`` (e.g. a MONAI dict transform) is applied to
-    each sample. Call ``set_epoch(e)`` before each epoch (with non-persistent DataLoader workers).
+    each sample; a MONAI random transform is seeded from (seed, epoch, consumer), so augmentation is
+    reproducible and differs between workers. Call ``set_epoch(e)`` before each epoch (it reaches
+    DataLoader workers that are started per epoch, i.e. not with ``persistent_workers=True``).
     See the module docstring for epoch, mixing and sharding semantics.
     """
 
@@ -81,6 +83,8 @@ class CineStream(IterableDataset):
             urls, self.weights = [_url(s) for s in refs], None
         if not urls:
             raise InputError("CineStream needs at least one store")
+        if epoch_size is not None and self.weights is None:
+            raise ValueError("epoch_size applies to mixing weights (pass stores as a dict store -> weight)")
         if follow and self.weights is not None:
             raise ValueError("mixing weights need every store's full sample list; follow=True yields each "
                              "committed sample once instead (pass a list of stores)")
@@ -123,6 +127,9 @@ class CineStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         shard_id, n_shards = self.consumer()
+        if hasattr(self.transform, "set_random_state"):  # MONAI: distinct, reproducible augmentation per consumer
+            self.transform.set_random_state(seed=int(np.random.SeedSequence([self.seed, self.epoch, shard_id])
+                                                     .generate_state(1)[0]))
         draws = self._follow(shard_id, n_shards) if self.follow else self._draws(shard_id, n_shards)
         for s, key in draws:
             sample = _to_tensors({**self.sources[s].sample(key), "store": s})
@@ -138,7 +145,7 @@ class CineStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, shard_id]) if self.shuffle else None
         pending = set(range(len(self.sources)))
         last_news = time.monotonic()
-        for s, source in enumerate(self.sources):  # subjects seen while building are new to this pass
+        for s, source in enumerate(self.sources):  # subjects this process already knows (a later pass)
             yield from ((s, key) for key in self._mine(source.keys, shard_id, n_shards, rng))
         while pending:
             news = False

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from factory.store import layout
 from factory.store.fs import filesystem, join, read_json
@@ -41,6 +42,7 @@ class Source:
     def __init__(self, url: str | Path, mode: str, labeled_only: bool, follow: bool):
         self.url, self.mode, self.labeled_only, self.follow = str(url), mode, labeled_only, follow
         self._store: Store | None = None
+        self._arrays: dict[str, zarr.Array] = {}
         self._pid: int | None = None
         store = self.store
         n, t_max = store.n_subjects, store.attrs["max_frames"]
@@ -53,15 +55,23 @@ class Source:
             self.add(list(enumerate(store.table.to_dict("records"))))
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None, "_pid": None}
+        return {**self.__dict__, "_store": None, "_arrays": {}, "_pid": None}
 
     @property
     def store(self) -> Store:
         """The store opened in this process (refuses an incomplete store unless following it)."""
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.url, require_complete=not self.follow)
+            self._arrays = {}
             self._pid = os.getpid()
         return self._store
+
+    def array(self, name: str) -> zarr.Array:
+        """Array `name` of the store, opened once per process (opening reads its metadata)."""
+        store = self.store
+        if name not in self._arrays:
+            self._arrays[name] = store.group[name]
+        return self._arrays[name]
 
     def add(self, rows: list[tuple[int, dict]]) -> np.ndarray:
         """Register committed subjects (index, table row); returns their sample keys."""
@@ -69,10 +79,9 @@ class Source:
             return np.empty((0, 3), np.int32)
         rows = sorted(rows, key=lambda r: r[0])
         subjects = np.array([i for i, _ in rows])
-        group = self.store.group
-        self.labeled[subjects] = group["labeled"].oindex[subjects]
-        self.phase[subjects] = group["phase"].oindex[subjects]
-        slice_mask = group["slice_mask"].oindex[subjects]
+        self.labeled[subjects] = self.array("labeled").oindex[subjects]
+        self.phase[subjects] = self.array("phase").oindex[subjects]
+        slice_mask = self.array("slice_mask").oindex[subjects]
         self.rows.update({i: sample_meta(row) | {"n_frames": int(row["n_frames"])} for i, row in rows})
         n_frames = np.array([row["n_frames"] for _, row in rows])
         keys = sample_keys(subjects, n_frames, self.labeled[subjects], slice_mask, self.mode, self.labeled_only)
@@ -96,14 +105,13 @@ class Source:
         """The sample of one key as numpy arrays and plain values (channel axis first)."""
         i, t, z = (int(k) for k in key)
         row = self.rows[i]
-        group = self.store.group
         if self.mode == "sequence":
             n = row["n_frames"]
-            image, mask = group["image"][i, :n], group["mask"][i, :n]
+            image, mask = self.array("image")[i, :n], self.array("mask")[i, :n]
             frame = {"phase": self.phase[i, :n], "labeled": self.labeled[i, :n]}
         else:
             where = (i, t) if self.mode == "frame" else (i, t, z)
-            image, mask = group["image"][where], group["mask"][where]
+            image, mask = self.array("image")[where], self.array("mask")[where]
             frame = {"frame": t, "phase": float(self.phase[i, t]), "labeled": bool(self.labeled[i, t])}
             if self.mode == "slice":
                 frame["slice"] = z

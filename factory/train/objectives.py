@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from diffusers import DDPMScheduler
 from monai.losses import DiceCELoss
 
 SEG_WEIGHT = 5.0  # Dice+CE on labeled frames is weighted heavily against the image L1
@@ -24,3 +25,24 @@ def segmentation_loss(loss_fn: DiceCELoss, logits: torch.Tensor, mask: torch.Ten
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z|x) || N(0, 1)), mean per latent element."""
     return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
+
+
+def noisy_sample(scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward diffusion of x0 at random timesteps: (x_t, t, target), target = noise (or velocity for v)."""
+    if generator is None:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    else:  # reproducible draws (validation): a CPU generator, moved to x0's device
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    if scheduler.config.prediction_type == "v_prediction":
+        return x_t, t, scheduler.get_velocity(x0, noise, t)
+    return x_t, t, noise
+
+
+def condition_drop(missing: torch.Tensor, probability: float) -> torch.Tensor:
+    """Samples trained unconditionally: a random `probability` of them (for classifier-free guidance)
+    and those whose clinical values are unknown."""
+    return (torch.rand(missing.shape, device=missing.device) < probability) | missing

@@ -72,7 +72,7 @@ def train_loop(config: dict) -> None:
         if run.at_checkpoint(step):
             teacher.eval()
             with torch.no_grad():
-                metrics = reconstruction_metrics(run, cohort, val_pairs, cfg.batch_size, reconstruct)
+                metrics = reconstruction_metrics(run, cohort, val_pairs, cfg.batch_size, reconstruct, with_ed=True)
                 extra = {}
                 if step == cfg.steps:
                     batches = (run.to_device(sampler.batch(run.rng(cfg.steps + k), cfg.batch_size, with_ed=True))

@@ -102,7 +102,7 @@ class RightVentricle:
         along = np.sqrt(np.clip(1.0 - (s / self.length_mm) ** 2, 0.0, 1.0))
         half_width = self.half_width * (1.0 - 0.3 * np.clip(s / self.length_mm, 0.0, 1.0))
         offset = angle_between(theta, septum)
-        across = np.cos(0.5 * math.pi * np.minimum(offset / half_width, 1.0)) ** 0.7
+        across = np.cos(0.5 * math.pi * np.minimum(offset / half_width, 1.0)) ** 0.5
         return along * across
 
 
@@ -190,11 +190,11 @@ class Signature:
 
 # RV volumes are not in the ACDC table; ratios and RV EFs follow published cine-MRI values per group.
 SIGNATURES: dict[str, Signature] = {
-    "NOR": Signature((7.0, 9.5), (0.0, 0.15), (2.3, 3.0), (1.10, 0.12), (58.0, 6.0), (70.0, 85.0)),
-    "MINF": Signature((7.0, 9.5), (0.0, 0.15), (2.3, 3.0), (0.90, 0.15), (48.0, 8.0), (70.0, 85.0), infarct=True),
-    "DCM": Signature((5.0, 7.0), (0.0, 0.10), (2.0, 2.4), (0.65, 0.15), (38.0, 10.0), (70.0, 85.0)),
-    "HCM": Signature((11.0, 15.0), (0.2, 0.7), (2.3, 3.0), (1.00, 0.15), (62.0, 7.0), (65.0, 80.0)),
-    "RV": Signature((6.5, 9.0), (0.0, 0.15), (2.3, 3.0), (2.00, 0.35), (32.0, 8.0), (85.0, 100.0)),
+    "NOR": Signature((7.0, 9.5), (0.0, 0.15), (2.3, 3.0), (1.10, 0.12), (58.0, 6.0), (85.0, 105.0)),
+    "MINF": Signature((7.0, 9.5), (0.0, 0.15), (2.3, 3.0), (0.90, 0.15), (48.0, 8.0), (85.0, 105.0), infarct=True),
+    "DCM": Signature((6.0, 8.0), (0.0, 0.10), (2.0, 2.4), (0.65, 0.15), (38.0, 10.0), (85.0, 100.0)),
+    "HCM": Signature((11.0, 15.0), (0.2, 0.7), (2.3, 3.0), (1.00, 0.15), (62.0, 7.0), (80.0, 100.0)),
+    "RV": Signature((6.5, 9.0), (0.0, 0.15), (2.3, 3.0), (2.00, 0.35), (32.0, 8.0), (100.0, 120.0)),
 }
 RV_EDV_RANGE_ML = (50.0, 450.0)
 RV_EF_RANGE = (10.0, 80.0)

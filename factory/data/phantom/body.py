@@ -1,5 +1,5 @@
-"""Static chest anatomy around the heart: body outline, subcutaneous fat, chest-wall muscle, lungs,
-liver dome, stomach, descending aorta, spine with the back muscles, and lung vessels.
+"""Static chest anatomy around the heart: body outline, subcutaneous fat, chest-wall muscle and ribs,
+lungs, liver dome, stomach, descending aorta, spine with the back muscles, and lung vessels.
 
 Positions are set in a canonical short-axis view (RV to the left, chest wall to the upper left,
 liver below, aorta and spine to the lower right, as on scanner consoles) relative to the heart, then
@@ -9,14 +9,14 @@ rotated with the scene. Every structure is returned as a partial-volume alpha ma
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from factory.data.phantom.raster import Grid
 
 # Canonical directions (rad, y down) from the LV centre.
-ANTERIOR = math.radians(215.0)
+ANTERIOR = math.radians(200.0)
 INFERIOR = math.radians(100.0)
 POSTERIOR = math.radians(45.0)
 
@@ -44,9 +44,21 @@ class Body:
     liver: Disc  # the liver dome is a big disc; its distance shrinks toward the apex
     liver_rise_mm: float  # per slice
     stomach: Disc
+    mediastinum: Disc  # soft tissue between the heart, the aorta and the spine
+    fat_pad: Disc  # pericardial fat by the RV and the diaphragm
     aorta: Disc
     spine: Disc
     vessels: np.ndarray  # (N, 5): x, y (canonical mm), slice index, sigma (mm), brightness
+    ribs: tuple[Disc, ...] = ()
+
+    def wall_point(self, phi: float, depth_mm: float) -> Disc:
+        """The point `depth_mm` under the skin at parametric angle `phi` of the body outline (0 = anterior)."""
+        a, b = self.semi_axes_mm
+        ax, ay = math.cos(ANTERIOR), math.sin(ANTERIOR)
+        along = self.anterior_mm - b + (b - depth_mm) * math.cos(phi)
+        across = (a - depth_mm) * math.sin(phi)
+        x, y = along * ax - across * ay, along * ay + across * ax
+        return Disc(math.atan2(y, x), math.hypot(x, y), 0.0)
 
     def _canonical(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates (mm) relative to the heart in the canonical (unrotated) frame."""
@@ -84,14 +96,19 @@ class Body:
         liver = disc(self.liver, rises) * thorax
         stomach = disc(self.stomach) * thorax * (1.0 - liver)
         back = disc(self.spine, radius=self.spine.radius_mm + 30.0)
-        lung = thorax * (1.0 - liver) * (1.0 - stomach) * (1.0 - back)
+        mediastinum, fat_pad = disc(self.mediastinum) * thorax, disc(self.fat_pad) * thorax
+        lung = thorax * (1.0 - liver) * (1.0 - stomach) * (1.0 - back) * (1.0 - mediastinum) * (1.0 - fat_pad)
+        ribs = [(disc(r, radius=r.radius_mm + 1.5), disc(r)) for r in self.ribs]
         return [
             ("fat", inset(0.0)),
             ("muscle", inset(self.fat_mm)),
+            *[layer for cortex, marrow in ribs for layer in (("bone", cortex), ("rib", marrow))],
             ("lung", thorax),
             ("liver", liver),
             ("fluid", stomach),
             ("muscle", back * thorax),
+            ("soft", mediastinum),
+            ("fat", fat_pad),
             ("blood", disc(self.aorta)),
             ("bone", disc(self.spine, radius=self.spine.radius_mm + 2.5)),
             ("marrow", disc(self.spine)),
@@ -125,24 +142,32 @@ def sample_body(heart_xy: tuple[float, float], heart_reach_mm: float, scene_angl
     bmi = weight_kg / height_m ** 2
     size = (bmi / 24.0) ** 0.3
     fat = float(np.clip(4.0 + 1.6 * (bmi - 20.0) + rng.normal(0.0, 2.0), 3.0, 35.0))
-    muscle = rng.uniform(8.0, 14.0)
-    n_vessels = 25 * n_slices
-    ring = heart_reach_mm + rng.uniform(5.0, 100.0, n_vessels)
+    muscle = rng.uniform(14.0, 26.0)
+    n_vessels = 40 * n_slices
+    ring = heart_reach_mm + rng.uniform(3.0, 80.0, n_vessels)
     angle = rng.uniform(0.0, 2.0 * math.pi, n_vessels)
     vessels = np.stack([ring * np.cos(angle), ring * np.sin(angle), rng.integers(0, n_slices, n_vessels),
-                        rng.uniform(0.7, 2.2, n_vessels), rng.uniform(0.3, 1.0, n_vessels)], axis=1)
-    return Body(
+                        rng.uniform(0.7, 2.5, n_vessels), rng.uniform(0.4, 1.0, n_vessels)], axis=1)
+    body = Body(
         scene_angle=scene_angle, heart_xy=heart_xy, heart_reach_mm=heart_reach_mm,
         semi_axes_mm=(rng.uniform(150.0, 180.0) * size, rng.uniform(100.0, 120.0) * size),
-        anterior_mm=heart_reach_mm + rng.uniform(-5.0, 6.0) + muscle + fat, fat_mm=fat, muscle_mm=muscle,
+        anterior_mm=heart_reach_mm + rng.uniform(-15.0, 0.0) + muscle + fat, fat_mm=fat, muscle_mm=muscle,
         liver=Disc(INFERIOR + math.radians(rng.uniform(-20.0, 20.0)),
                    heart_reach_mm * rng.uniform(0.7, 1.0) + 170.0, 170.0),
         liver_rise_mm=rng.uniform(1.0, 4.0),
         stomach=Disc(INFERIOR - math.radians(rng.uniform(20.0, 50.0)), heart_reach_mm + rng.uniform(30.0, 60.0),
                      rng.uniform(20.0, 40.0)),
+        mediastinum=Disc(POSTERIOR + math.radians(rng.uniform(-20.0, 20.0)), heart_reach_mm + rng.uniform(0.0, 15.0),
+                         rng.uniform(20.0, 35.0)),
+        fat_pad=Disc(math.radians(rng.uniform(120.0, 170.0)), heart_reach_mm * rng.uniform(0.8, 0.95),
+                     rng.uniform(6.0, 14.0)),
         aorta=Disc(POSTERIOR + math.radians(rng.uniform(-15.0, 15.0)), heart_reach_mm + rng.uniform(8.0, 20.0),
                    rng.uniform(10.0, 14.0)),
         spine=Disc(POSTERIOR + math.radians(rng.uniform(5.0, 25.0)), heart_reach_mm + rng.uniform(45.0, 60.0),
                    rng.uniform(15.0, 19.0)),
         vessels=vessels,
     )
+    phis = np.arange(-0.75, 0.8, 0.25) + rng.uniform(-0.1, 0.1)
+    ribs = tuple(replace(body.wall_point(float(phi), fat + muscle * rng.uniform(0.45, 0.6)),
+                         radius_mm=float(rng.uniform(4.5, 7.5))) for phi in phis)
+    return replace(body, ribs=ribs)

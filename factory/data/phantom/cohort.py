@@ -18,7 +18,6 @@ import pandas as pd
 
 from factory.data.clinical import CLINICAL_COLUMNS
 from factory.data.nifti import save_nifti
-from factory.data.phantom.anatomy import SIGNATURES
 from factory.data.phantom.imaging import VENDORS
 from factory.data.phantom.subject import PhantomSubject, generate_subject
 from factory.errors import InputError
@@ -90,7 +89,7 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, vendors: Sequence
     if n_subjects < 1:
         raise InputError(f"number of subjects must be >= 1, got {n_subjects}")
     vendors = _check_names(vendors, sorted(VENDORS), "vendors")
-    diagnoses = _check_names(diagnoses or DIAGNOSES, [d for d in DIAGNOSES if d in SIGNATURES], "diagnoses")
+    diagnoses = _check_names(diagnoses or DIAGNOSES, DIAGNOSES, "diagnoses")
     out_dir = Path(out_dir)
     tmp = _prepare(out_dir, overwrite)
     try:

@@ -21,7 +21,7 @@ from factory.data.phantom.raster import Grid, HeartRaster
 # bSSFP signal of each tissue relative to blood (T2/T1 weighting at 1.5 T).
 BASE_CONTRAST: dict[str, float] = {
     "air": 0.0, "lung": 0.05, "vessel": 0.7, "blood": 1.0, "myocardium": 0.22, "muscle": 0.2,
-    "fat": 0.88, "liver": 0.3, "fluid": 0.75, "bone": 0.06, "marrow": 0.5,
+    "fat": 0.88, "liver": 0.3, "fluid": 0.75, "soft": 0.32, "bone": 0.06, "marrow": 0.5, "rib": 0.35,
 }
 
 
@@ -104,18 +104,19 @@ def blur(image: np.ndarray, sigma_mm: float, pixel_mm: float, mode: str) -> np.n
     return ndimage.gaussian_filter(image, sigma=(0,) * (image.ndim - 2) + (sigma, sigma), mode=mode, truncate=3.0)
 
 
-def rician(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of the clean signal plus complex Gaussian noise, in place of `clean`."""
-    real = rng.standard_normal(clean.shape, dtype=np.float32)
-    real *= np.float32(sigma)
-    clean += real
-    imag = rng.standard_normal(dtype=np.float32, out=real)
-    imag *= np.float32(sigma)
-    return np.hypot(clean, imag, out=clean)
+def rician(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of a signal (in units of the noise sigma) plus complex unit Gaussian noise, in place."""
+    noise = rng.standard_normal(clean.shape, dtype=np.float32)
+    clean += noise
+    np.square(clean, out=clean)
+    np.square(rng.standard_normal(dtype=np.float32, out=noise), out=noise)
+    clean += noise
+    return np.sqrt(clean, out=clean)
 
 
-def to_scanner_units(image: np.ndarray) -> np.ndarray:
-    """Round to int16 like stored DICOM/NIfTI magnitudes (clobbers `image`)."""
+def to_scanner_units(image: np.ndarray, unit: float) -> np.ndarray:
+    """Scale by `unit` and round to int16 like stored DICOM/NIfTI magnitudes (clobbers `image`)."""
+    image *= np.float32(unit)
     np.clip(image, 0, np.iinfo(np.int16).max, out=image)
     return np.rint(image, out=image).astype(np.int16)
 
@@ -125,10 +126,11 @@ def render(raster: HeartRaster, body: Body, vendor: Vendor, rng: np.random.Gener
 
     The static background is formed once; per frame only the heart crop changes, and since the
     PSF is linear the crop's change is blurred on its own and added to the blurred background.
+    Intensities are handled in units of the noise sigma until the final scaling.
     """
     grid, contrast = raster.grid, vendor.contrast()
     n_frames = len(raster.motion.lv_scale)
-    field = shading(grid, vendor.bias, rng)
+    field = shading(grid, vendor.bias, rng) / np.float32(vendor.noise)
     background = paint(np.zeros((grid.n_slices, grid.rows, grid.cols), np.float32), body.layers(grid), contrast)
     crop = (slice(None),) + raster.crop
     under = background[crop]
@@ -140,5 +142,4 @@ def render(raster: HeartRaster, body: Body, vendor: Vendor, rng: np.random.Gener
     image = np.empty((n_frames,) + background.shape, dtype=np.float32)
     image[:] = background
     image[(slice(None),) + crop] += change
-    image *= np.float32(vendor.gain)
-    return to_scanner_units(rician(image, vendor.noise * vendor.gain, rng))
+    return to_scanner_units(rician(image, rng), vendor.noise * vendor.gain)

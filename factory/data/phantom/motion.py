@@ -59,11 +59,6 @@ class Motion:
     lv_volume_ml: np.ndarray  # (T,) target curve
     rv_volume_ml: np.ndarray  # (T,)
 
-    def frame_shape(self, frames: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(c, g) of the given frames shaped (T', 1, ..., 1) to broadcast over `ndim` trailing axes."""
-        shape = (-1,) + (1,) * ndim
-        return self.lv_scale[frames].reshape(shape), self.rv_scale[frames].reshape(shape)
-
 
 def solve_motion(heart: Heart, lv_volume_ml: np.ndarray, rv_volume_ml: np.ndarray) -> Motion:
     """Contraction factors that make the voxelised LV and RV follow the given volume curves."""

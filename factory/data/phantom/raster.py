@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Grid:
 
 
 class PapillaryMuscles:
-    """The two papillary muscles: dark discs in the LV cavity that follow the wall (labelled LV, as in ACDC).
+    """Two papillary muscles: dark discs in the LV cavity that follow the wall (labelled LV, as in ACDC).
 
     A muscle stays within ~35 degrees of its angle and inside the ED cavity, so only those pixels
     are evaluated per frame.
@@ -56,7 +57,8 @@ class PapillaryMuscles:
         depths = heart.depths
         angles = np.asarray(heart.papillary)
         self.ed = heart.fields(angles[None, :], depths[:, None])  # (Z, 2)
-        depth = smoothstep((depths / heart.lv.apex_mm - 0.3) / 0.1) * smoothstep((0.85 - depths / heart.lv.apex_mm) / 0.1)
+        relative = depths / heart.lv.apex_mm
+        depth = smoothstep((relative - 0.3) / 0.1) * smoothstep((0.85 - relative) / 0.1)  # mid-ventricle only
         near = (angle_between(theta[..., None], angles).min(axis=-1) < 0.65) & (rho < self.ed.endo.max())
         near &= (depth > 0)[:, None, None]
         self.shape = rho.shape
@@ -78,7 +80,11 @@ class PapillaryMuscles:
 
 
 class HeartRaster:
-    """The heart of one subject on one grid: per-pixel polar coordinates and ED fields in a crop."""
+    """The heart of one subject on one grid: per-pixel polar coordinates and ED fields in a crop.
+
+    Labels need only the boundaries; the image-only details (trabeculae, papillary muscles) are
+    prepared on first use.
+    """
 
     def __init__(self, heart: Heart, motion: Motion, grid: Grid):
         self.heart, self.motion, self.grid = heart, motion, grid
@@ -93,13 +99,19 @@ class HeartRaster:
         x = grid.axis_mm(grid.cols, self.crop[1].start, self.crop[1].stop)[None, None, :] - centers[:, 0, None, None]
         cos, sin = math.cos(heart.rotation), math.sin(heart.rotation)
         # Normalised frame: the elliptical cross-section becomes a circle (area preserving).
-        self.u = ((x * cos + y * sin) / stretch).astype(np.float32)
-        self.v = ((-x * sin + y * cos) * stretch).astype(np.float32)
-        self.rho = np.hypot(self.u, self.v)
-        theta = np.arctan2(self.v, self.u) + heart.rotation
-        self.fields = Fields(*(f.astype(np.float32) for f in heart.fields(theta, depths[:, None, None])))
-        self._trabeculae = heart.trabecular_depth(theta, depths[:, None, None]).astype(np.float32)
-        self._papillary = PapillaryMuscles(heart, self.rho, theta)
+        u = ((x * cos + y * sin) / stretch).astype(np.float32)
+        v = ((-x * sin + y * cos) * stretch).astype(np.float32)
+        self.rho = np.hypot(u, v)
+        self.theta = np.arctan2(v, u) + heart.rotation
+        self.fields = Fields(*(f.astype(np.float32) for f in heart.fields(self.theta, depths[:, None, None])))
+
+    @cached_property
+    def _trabeculae(self) -> np.ndarray:
+        return self.heart.trabecular_depth(self.theta, self.heart.depths[:, None, None]).astype(np.float32)
+
+    @cached_property
+    def _papillary(self) -> PapillaryMuscles:
+        return PapillaryMuscles(self.heart, self.rho, self.theta)
 
     def _window(self, n: int, lo_mm: float, hi_mm: float) -> slice:
         """Pixel index range covering lo..hi mm along an axis of n pixels, clipped to the image."""

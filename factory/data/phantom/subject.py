@@ -1,8 +1,8 @@
 """One phantom subject: clinical draw -> heart and motion -> chest -> voxelised labels -> cine images.
 
 Every random choice derives from the subject's own seed, split into independent streams for the
-clinical values, the anatomy and the acquisition, so the same heart is produced whatever the
-vendor, and whether or not images are formed.
+clinical values, the anatomy, the image grid and the image noise, so the same heart is produced
+whatever the vendor, and whether or not images are formed. Slice 0 is the most basal slice.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 from factory.data.clinical import measure
 from factory.data.nifti import spacing_affine
 from factory.data.phantom.anatomy import SIGNATURES, rv_targets, sample_heart
-from factory.data.phantom.body import sample_body
-from factory.data.phantom.imaging import get_vendor, render
+from factory.data.phantom.body import Body, sample_body
+from factory.data.phantom.imaging import Vendor, get_vendor, render
 from factory.data.phantom.motion import solve_motion, volume_curve
 from factory.data.phantom.raster import HeartRaster
 from factory.data.priors import ClinicalPriors
@@ -72,17 +72,38 @@ def subject_id(index: int) -> str:
     return f"patient{index + 1:03d}"
 
 
-def generate_subject(index: int, seed: int, diagnosis: str, vendor: str, priors: ClinicalPriors | None = None,
-                     render_image: bool = True) -> PhantomSubject:
-    """Generate subject `index` (it only names it) from its own `seed`, diagnosis and vendor."""
+@dataclass(frozen=True)
+class Anatomy:
+    """Everything drawn for one subject before voxelisation: its heart, motion, chest and image grid."""
+
+    diagnosis: str
+    vendor: Vendor
+    raster: HeartRaster  # heart + motion on the vendor's grid
+    body: Body
+    es_frame: int
+    height_m: float
+    weight_kg: float
+    targets: dict[str, float]  # requested volumes (ml) and EF (%)
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return self.raster.grid.spacing_mm
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    """Independent generators for the clinical draw, the anatomy, the grid and the image noise."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
+
+
+def sample_anatomy(seed: int, diagnosis: str, vendor: str, priors: ClinicalPriors | None = None) -> Anatomy:
+    """Draw clinical values from the priors and build a heart, its motion and the chest that realise them."""
     if diagnosis not in SIGNATURES:
         raise InputError(f"unknown diagnosis {diagnosis!r}; the phantom knows {sorted(SIGNATURES)}")
     try:
         scanner = get_vendor(vendor)
     except ValueError as err:
         raise InputError(str(err)) from None
-    clinical_rng, anatomy_rng, imaging_rng = (np.random.default_rng(s)
-                                              for s in np.random.SeedSequence(seed).spawn(3))
+    clinical_rng, anatomy_rng, grid_rng, _ = _streams(seed)
     draw = (priors or default_priors()).sample(diagnosis, clinical_rng)
     n_frames, n_slices, es = int(draw["n_frames"]), int(draw["n_slices"]), int(draw["es_frame"])
     height, weight = round(draw["height_m"], 2), round(draw["weight_kg"], 1)
@@ -92,11 +113,19 @@ def generate_subject(index: int, seed: int, diagnosis: str, vendor: str, priors:
     motion = solve_motion(heart, volume_curve(draw["edv_ml"], draw["esv_ml"], n_frames, es),
                           volume_curve(rv_edv, rv_esv, n_frames, es))
     body = sample_body(heart.center_mm, heart.reach_mm(), scene_angle, n_slices, height, weight, anatomy_rng)
-    grid = scanner.sample_grid(n_slices, imaging_rng)
-    raster = HeartRaster(heart, motion, grid)
-    mask = raster.full_labels()
-    image = render(raster, body, scanner, imaging_rng).astype(np.float32) if render_image else None
+    raster = HeartRaster(heart, motion, scanner.sample_grid(n_slices, grid_rng))
     targets = {"edv_ml": draw["edv_ml"], "esv_ml": draw["esv_ml"], "ef_pct": draw["ef_pct"],
                "rv_edv_ml": rv_edv, "rv_esv_ml": rv_esv}
-    return PhantomSubject(subject_id(index), diagnosis, vendor, int(seed), image, mask, grid.spacing_mm, es,
-                          height, weight, measure(mask, grid.spacing_mm, es), targets)
+    return Anatomy(diagnosis, scanner, raster, body, es, height, weight, targets)
+
+
+def generate_subject(index: int, seed: int, diagnosis: str, vendor: str, priors: ClinicalPriors | None = None,
+                     render_image: bool = True) -> PhantomSubject:
+    """Generate subject `index` (it only names it) from its own `seed`, diagnosis and vendor."""
+    anatomy = sample_anatomy(seed, diagnosis, vendor, priors)
+    mask = anatomy.raster.full_labels()
+    image = (render(anatomy.raster, anatomy.body, anatomy.vendor, _streams(seed)[3]).astype(np.float32)
+             if render_image else None)
+    spacing, es = anatomy.spacing_mm, anatomy.es_frame
+    return PhantomSubject(subject_id(index), diagnosis, vendor, int(seed), image, mask, spacing, es,
+                          anatomy.height_m, anatomy.weight_kg, measure(mask, spacing, es), anatomy.targets)

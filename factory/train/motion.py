@@ -1,0 +1,57 @@
+"""Stage 4, the residual motion LDM: one Ray Train worker's loop, read top to bottom.
+
+Epsilon (or v) prediction on the teacher's residuals r_t (scaled) of every frame, with the scaled
+ED latent and the slice mask as extra input channels, and context tokens = clinical tokens (dropped
+for 10 % of samples) + the frame's cardiac-phase token. Frames are independent given the phase, so
+a batch mixes frames of different subjects; using one noise for all frames of a subject is a
+sampling rule, not a training one. EMA weights are shipped and validated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from factory.models.schedulers import training_scheduler
+from factory.models.unets import MotionUNet
+from factory.train.latents import latent_samplers
+from factory.train.loop import StageRun
+from factory.train.objectives import condition_drop, noisy_sample
+from factory.train.validation import heldout_denoising_loss
+
+VAL_BATCHES = 4
+
+
+def train_loop(config: dict) -> None:
+    """Train the motion denoiser on the latent store; the checkpoints carry its EMA weights."""
+    run = StageRun(config)
+    cfg = run.cfg
+    unet = MotionUNet(run.preset).to(run.device)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr)
+    ema = run.ema(unet)
+    run.resume(modules={"motion": unet}, optimizers={"motion": optimizer}, emas={"motion": ema})
+    model = run.prepare(unet)
+    scheduler = training_scheduler(run.preset.diffusion)
+
+    sampler, held_out = latent_samplers(cfg, run.rank, run.world)
+    rng = run.rng(0)  # step 0 is never trained: its generator draws the fixed held-out batches
+    val_batches = [held_out.motion_batch(rng, cfg.batch_size) for _ in range(VAL_BATCHES)]
+
+    def predict(batch: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet(x_t, t, batch["slice_mask"], batch["diagnosis"], batch["scalars"], batch["missing"],
+                    z_ed=batch["z_ed"], phase=batch["phase"])
+
+    for step in run.steps():
+        batch = run.to_device(sampler.motion_batch(run.rng(step), cfg.batch_size))
+        with run.autocast():
+            x_t, t, target = noisy_sample(scheduler, batch["x0"])
+            drop = condition_drop(batch["missing"], cfg.cond_drop)
+            prediction = model(x_t, t, batch["slice_mask"], batch["diagnosis"], batch["scalars"], drop,
+                               z_ed=batch["z_ed"], phase=batch["phase"])
+            loss = F.mse_loss(prediction.float(), target)
+        run.optimize(loss, optimizer, ema)
+        run.record(step, loss=loss)
+
+        if run.at_checkpoint(step):
+            metrics = {"val_loss": heldout_denoising_loss(run, scheduler, unet, ema, val_batches, predict)}
+            run.checkpoint(step, metrics)

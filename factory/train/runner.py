@@ -1,0 +1,125 @@
+"""Driver side of training: one Ray Train `TorchTrainer` per stage, its result exported into the bundle.
+
+Layout under the bundle directory `out`: the bundle itself (`bundle.json`, `<stage>.safetensors`)
+and `training/` (git-ignored working data): `runs/<stage>/` (Ray Train checkpoints: re-running
+with the same `out` resumes an unfinished stage from its latest one), `logs/` (metrics JSONL/CSV)
+and `latents.zarr` (the pre-encoded cohort the diffusion stages train from).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from factory.bundle import add_stage, read_config, start_bundle, training_fingerprint, update_config
+from factory.errors import BundleError
+from factory.models.build import build_model
+from factory.presets import get_preset
+from factory.store.reader import open_store
+from factory.train.checkpoint import STATE_FILE, export_weights
+from factory.train.config import STAGES, StageConfig, stage_config
+from factory.train.data import split_subjects
+from factory.train.latents import build_latent_store, fit_normalizer
+
+REQUIRES = {"vae": (), "teacher": ("vae",), "anatomy": ("vae", "teacher"), "motion": ("vae", "teacher")}
+SCALE_FACTORS = {"vae": "latent_scale", "teacher": "residual_scale"}  # measured at the end of these stages
+
+
+@dataclass
+class TrainOptions:
+    """What `jobs/train.py` asks for (None = the preset's per-stage default)."""
+
+    cohort: str
+    out: str
+    preset: str = "tiny"
+    stages: tuple[str, ...] = STAGES
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    steps: int | None = None
+    batch_size: int | None = None
+    checkpoint_every: int | None = None
+    seed: int = 0
+    max_failures: int = 2
+    fail_at_step: dict[str, int] = field(default_factory=dict)  # test hook: stage -> step
+
+    @property
+    def work(self) -> Path:
+        return Path(self.out) / "training"
+
+
+def train(options: TrainOptions) -> dict:
+    """Train the requested stages in cascade order into the bundle `options.out`; returns bundle.json."""
+    preset = get_preset(options.preset)
+    store = open_store(options.cohort)
+    out = Path(options.out).resolve()
+    config = start_bundle(out, preset, training_fingerprint(store))
+    options.work.mkdir(parents=True, exist_ok=True)
+    (options.work / ".gitignore").write_text("*\n")  # checkpoints and latents never enter git
+    for stage in [s for s in STAGES if s in options.stages]:
+        if stage in config["stages"]:
+            print(f"[{stage}] already in {out}: kept (train into a new --out to retrain it)", flush=True)
+            continue
+        missing = [s for s in REQUIRES[stage] if s not in config["stages"]]
+        if missing:
+            raise BundleError(f"{out}: stage {stage!r} needs {missing} first (e.g. --stage all)")
+        cfg = stage_config(stage, preset.name, cohort=store.url, bundle=str(out), work=str(options.work),
+                           steps=options.steps, batch_size=options.batch_size,
+                           checkpoint_every=options.checkpoint_every, seed=options.seed,
+                           fail_at_step=options.fail_at_step.get(stage))
+        if stage in ("anatomy", "motion"):
+            prepare_latents(cfg, options)
+        started = time.monotonic()
+        result = fit_stage(cfg, options)
+        config = export_stage(cfg, result.checkpoint, time.monotonic() - started, options)
+    return config
+
+
+def prepare_latents(cfg: StageConfig, options: TrainOptions) -> None:
+    """Pre-encode the cohort once (Ray Data job) and record the clinical normaliser in bundle.json."""
+    build_latent_store(cfg.bundle, cfg.cohort, cfg.latents, get_preset(cfg.preset), workers=options.workers,
+                       gpus_per_worker=options.gpus_per_worker, seed=cfg.seed)
+    if read_config(cfg.bundle)["clinical_normalizer"] is None:
+        train_ids, _ = split_subjects(open_store(cfg.cohort).n_subjects, cfg.val_fraction, cfg.seed)
+        update_config(cfg.bundle, {"clinical_normalizer": fit_normalizer(cfg.cohort, train_ids).to_dict()})
+
+
+def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
+    """Run one stage's worker loop on `options.workers` Ray Train workers (DDP), resuming its latest checkpoint."""
+    loop = importlib.import_module(f"factory.train.{cfg.stage}").train_loop
+    gpus = options.gpus_per_worker
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=options.workers, use_gpu=gpus > 0,
+                                               resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}),
+        run_config=ray.train.RunConfig(
+            name=cfg.stage, storage_path=str((options.work / "runs").resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    return trainer.fit()
+
+
+def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall_s: float,
+                 options: TrainOptions) -> dict:
+    """Copy the final checkpoint's (EMA) weights, scale factor and metrics into the bundle."""
+    if checkpoint is None:
+        raise RuntimeError(f"[{cfg.stage}] training ended without a checkpoint")
+    with checkpoint.as_directory() as directory:
+        state = json.loads((Path(directory) / STATE_FILE).read_text())
+        if state["step"] != cfg.steps:
+            raise RuntimeError(f"[{cfg.stage}] latest checkpoint is at step {state['step']}, not {cfg.steps}")
+        tensors = export_weights(directory, cfg.stage, build_model(get_preset(cfg.preset), cfg.stage))
+    updates = {SCALE_FACTORS[cfg.stage]: state[SCALE_FACTORS[cfg.stage]]} if cfg.stage in SCALE_FACTORS else {}
+    info = {"steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "workers": options.workers,
+            "gpus_per_worker": options.gpus_per_worker, "starts": state["starts"], "wall_s": round(wall_s, 1),
+            "metrics": state["metrics"]}
+    config = add_stage(cfg.bundle, cfg.stage, tensors, info, updates)
+    print(f"[{cfg.stage}] done in {wall_s / 60:.1f} min: {json.dumps(state['metrics'])}", flush=True)
+    return config

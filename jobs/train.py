@@ -1,0 +1,59 @@
+"""Train the cascade on a cohort store with Ray Train and write the model bundle.
+
+    python jobs/train.py --cohort STORE --stage all --preset tiny --out BUNDLE_DIR --workers 2
+
+Runs the stages in order (vae, teacher, then the cohort is pre-encoded and the anatomy and motion
+LDMs train from it). Stages already in --out are kept; re-running the same command resumes the
+unfinished stage from its latest checkpoint. Connects to RAY_ADDRESS when set, else starts a local
+Ray instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import ray
+
+from factory.errors import FactoryError
+from factory.train.config import STAGES
+from factory.train.runner import TrainOptions, train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", required=True, help="cohort store (path or fsspec URL)")
+    parser.add_argument("--stage", default="all", choices=[*STAGES, "all"])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--out", required=True, help="bundle directory (created, or resumed)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks) per stage")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, help="steps of every stage run (default: per preset and stage)")
+    parser.add_argument("--batch-size", type=int, help="per-worker batch size (default: per preset and stage)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 250)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts per stage")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = TrainOptions(cohort=args.cohort, out=args.out, preset=args.preset,
+                           stages=STAGES if args.stage == "all" else (args.stage,), workers=args.workers,
+                           gpus_per_worker=args.gpus_per_worker, steps=args.steps, batch_size=args.batch_size,
+                           checkpoint_every=args.checkpoint_every, seed=args.seed, max_failures=args.max_failures)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+    try:
+        config = train(options)
+    except FactoryError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    print(f"bundle {args.out}: stages {list(config['stages'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

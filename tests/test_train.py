@@ -1,0 +1,222 @@
+"""Training: every stage on 2 Ray Train workers, checkpoints, resume after a kill, worker-failure recovery,
+the bundle it writes, and the bundle loader's refusals (missing weights, wrong preset, pickled weights)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from factory.bundle import STAGES, BundleError, add_stage, load_bundle, start_bundle
+from factory.models.build import build_model
+from factory.presets import get_preset
+from factory.train.checkpoint import load_state, save_state
+from factory.train.data import augment_ed, clinical_values
+
+from conftest import make_subject
+from store_builders import write_store
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, CHECKPOINT_EVERY, FAIL_AT = 3, 2, 3  # a failure at step 3 resumes from the checkpoint of step 2
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray instance (2 CPUs) for this module, shut down afterwards."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_local) -> Path:
+    """A 6-subject cohort trained through every stage, the hard way.
+
+    1. vae, teacher, anatomy: the VAE's last worker raises at step 3; FailureConfig restarts the
+       worker group, which resumes from the checkpoint of step 2.
+    2. motion: a worker raises at step 3 with no restarts allowed, so the run fails (a killed job).
+    3. jobs/train.py --stage all with the same --out: finished stages are kept, motion resumes.
+    """
+    import ray.train
+
+    from factory.train.runner import TrainOptions, train
+
+    spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+
+    root = tmp_path_factory.mktemp("train")
+    cohort = write_store(root / "cohort.zarr", n=6)
+    out = root / "bundle"
+    common = {"cohort": cohort, "out": str(out), "steps": STEPS, "batch_size": 2, "checkpoint_every": CHECKPOINT_EVERY}
+    train(TrainOptions(**common, stages=("vae", "teacher", "anatomy"), fail_at_step={"vae": FAIL_AT}, max_failures=1))
+    with pytest.raises(ray.train.TrainingFailedError):
+        train(TrainOptions(**common, stages=("motion",), fail_at_step={"motion": FAIL_AT}, max_failures=0))
+    assert "motion" not in json.loads((out / "bundle.json").read_text())["stages"]
+    assert job.main(["--cohort", cohort, "--out", str(out), "--stage", "all", "--workers", "2",
+                      "--steps", str(STEPS), "--batch-size", "2", "--checkpoint-every", str(CHECKPOINT_EVERY)]) == 0
+    return out
+
+
+def test_every_stage_trains_into_a_loadable_bundle(trained):
+    config = json.loads((trained / "bundle.json").read_text())
+    assert list(config["stages"]) == list(STAGES)
+    for stage, entry in config["stages"].items():
+        assert entry["steps"] == STEPS and entry["workers"] == 2
+        assert entry["metrics"] and all(math.isfinite(v) for v in entry["metrics"].values()), (stage, entry)
+        runs = trained / "training" / "runs" / stage
+        assert (runs / f"{stage}-step{STEPS:07d}" / "state.json").is_file(), sorted(p.name for p in runs.iterdir())
+        assert (trained / "training" / "logs" / f"{stage}.jsonl").is_file()
+    assert {"dice_LV", "dice_MYO", "dice_RV", "psnr"} <= set(config["stages"]["vae"]["metrics"])
+    assert config["latent_scale"] > 0 and config["residual_scale"] > 0
+    assert config["clinical_normalizer"]["scalars"][0] == "edv_ml"
+
+    import factory
+
+    bundle = factory.load_bundle(trained)
+    assert bundle.stages == list(STAGES) and not bundle.vae.training
+    frame = torch.zeros(1, 1, *bundle.preset.geometry.shape)
+    with torch.no_grad():
+        assert tuple(bundle.vae.encode(frame)[0].shape[1:]) == bundle.preset.latent_shape
+
+
+def test_worker_failure_restarts_from_the_last_checkpoint(trained):
+    starts = json.loads((trained / "bundle.json").read_text())["stages"]["vae"]["starts"]
+    assert starts == [0, CHECKPOINT_EVERY], "the restarted worker group must resume at step 2, not from 0"
+
+
+def test_rerun_resumes_the_killed_stage_and_keeps_finished_ones(trained):
+    stages = json.loads((trained / "bundle.json").read_text())["stages"]
+    assert stages["motion"]["starts"] == [0, CHECKPOINT_EVERY]
+    assert stages["teacher"]["starts"] == [0] and stages["anatomy"]["starts"] == [0]
+
+
+# -- checkpoint state and augmentation (no Ray) --------------------------------------------------------
+def test_checkpoint_round_trip_restores_optimizer_and_ema(tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    def parts(seed: int):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.SiLU(), torch.nn.Linear(8, 2))
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2), EMAModel(model.parameters(), decay=0.9)
+
+    model, optimizer, ema = parts(0)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        optimizer.step()
+        ema.step(model.parameters())
+    save_state(tmp_path, step=3, modules={"m": model}, optimizers={"m": optimizer}, emas={"m": ema},
+               extra={"starts": [0]})
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+    model2, optimizer2, ema2 = parts(1)
+    state = load_state(tmp_path, modules={"m": model2}, optimizers={"m": optimizer2}, emas={"m": ema2})
+    assert state["step"] == 3 and state["starts"] == [0]
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(ema.shadow_params, ema2.shadow_params):
+        assert torch.equal(a, b)
+    assert ema2.optimization_step == ema.optimization_step == 3
+    s1, s2 = optimizer.state_dict(), optimizer2.state_dict()
+    assert s1["param_groups"] == s2["param_groups"]
+    for pid in s1["state"]:
+        for key, value in s1["state"][pid].items():
+            assert torch.equal(value, s2["state"][pid][key])
+
+
+def test_ed_augmentation_recomputes_clinical_values():
+    subject = make_subject(n_frames=3, es_frame=2)
+    original = clinical_values(subject.mask[0], subject.mask[2], subject.spacing_mm, subject.slice_mask)
+    changed = 0
+    for seed in range(4):
+        image, mask_ed, mask_es = augment_ed(subject.image[0], subject.mask[0], subject.mask[2],
+                                             np.random.default_rng(seed), subject.spacing_mm)
+        assert image.shape == subject.image[0].shape and image.min() >= -1.0 and mask_ed.max() <= 3
+        values = clinical_values(mask_ed, mask_es, subject.spacing_mm, subject.slice_mask)
+        lv_voxels = np.count_nonzero(mask_ed == 3)
+        assert values["edv_ml"] == pytest.approx(lv_voxels * 10 * 2.5 * 2.5 / 1000)
+        assert values["n_slices"] == original["n_slices"]
+        changed += not math.isclose(values["edv_ml"], original["edv_ml"])
+    assert changed, "random affines should change the measured volumes"
+
+
+# -- bundle validation (no Ray) ------------------------------------------------------------------------
+@pytest.fixture
+def bundle_dir(tmp_path) -> Path:
+    """A tiny bundle of freshly initialised models (all stages), written with the bundle API."""
+    preset = get_preset("tiny")
+    path = tmp_path / "bundle"
+    start_bundle(path, preset, {"store": "test", "n_subjects": 0, "table_sha256": None})
+    for stage in STAGES:
+        add_stage(path, stage, build_model(preset, stage).state_dict(), {"steps": 0})
+    return path
+
+
+def edit_config(path: Path, **changes) -> None:
+    config = json.loads((path / "bundle.json").read_text())
+    (path / "bundle.json").write_text(json.dumps(config | changes))
+
+
+def test_load_bundle_accepts_a_valid_bundle(bundle_dir):
+    bundle = load_bundle(bundle_dir, stages=("vae", "motion"))
+    assert set(bundle.models) == {"vae", "motion"} and not bundle.motion.training
+    with pytest.raises(BundleError, match="lacks stage"):
+        bundle.teacher
+
+
+def test_missing_bundle_json_or_weights(bundle_dir):
+    (bundle_dir / "teacher.safetensors").unlink()
+    with pytest.raises(BundleError, match=r"teacher\.safetensors: missing"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "bundle.json").unlink()
+    with pytest.raises(BundleError, match=r"bundle\.json: missing"):
+        load_bundle(bundle_dir)
+
+
+def test_wrong_preset_is_refused(bundle_dir):
+    with pytest.raises(BundleError, match="bundle is for preset 'tiny', expected 'paper'"):
+        load_bundle(bundle_dir, preset="paper")
+    edit_config(bundle_dir, preset="paper")
+    with pytest.raises(BundleError, match="different definition of preset 'paper'"):
+        load_bundle(bundle_dir)
+    edit_config(bundle_dir, preset="huge")
+    with pytest.raises(BundleError, match="unknown preset 'huge'"):
+        load_bundle(bundle_dir)
+
+
+def test_weights_of_the_wrong_shape_are_refused(bundle_dir):
+    shutil.copy(bundle_dir / "vae.safetensors", bundle_dir / "teacher.safetensors")
+    stages = json.loads((bundle_dir / "bundle.json").read_text())["stages"]
+    stages["teacher"]["sha256"] = stages["vae"]["sha256"]
+    edit_config(bundle_dir, stages=stages)
+    with pytest.raises(BundleError, match=r"teacher\.safetensors: weights do not fit preset 'tiny'"):
+        load_bundle(bundle_dir)
+
+
+class Tripwire:
+    """Unpickling this touches a marker file: proof of whether a loader ever unpickled anything."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_weights_are_never_loaded(bundle_dir, tmp_path):
+    marker = tmp_path / "unpickled"
+    torch.save({"weights": Tripwire(marker)}, bundle_dir / "vae.safetensors")
+    with pytest.raises(BundleError, match=r"vae\.safetensors: not a readable safetensors file"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "vae.safetensors").rename(bundle_dir / "vae.pt")
+    with pytest.raises(BundleError, match="pickled weights are never loaded"):
+        load_bundle(bundle_dir)
+    assert not marker.exists()
