@@ -32,14 +32,14 @@ def test_ingest_acdc_and_real_frames(tmp_path, shared_data):
 
 def test_unlabeled_sources_enter_without_labels(tmp_path):
     write_acdc(tmp_path / "a", pid="patient001")
-    write_acdc(tmp_path / "b", pid="patient002")
+    write_acdc(tmp_path / "b", pid="patient001")  # same id in another cohort: qualified by its folder
     out = tmp_path / "cohort.zarr"
     assert main(["ingest", "--src", str(tmp_path / "a"), "--unlabeled-src", str(tmp_path / "b"),
                  "--out", str(out)]) == 0
     store = open_store(str(out))
     table = store.table.set_index("subject_id")
     assert table.loc["patient001", "n_labeled_frames"] == 2
-    assert table.loc["patient002", "n_labeled_frames"] == 0 and np.isnan(table.loc["patient002", "edv_ml"])
+    assert table.loc["b/patient001", "n_labeled_frames"] == 0 and np.isnan(table.loc["b/patient001", "edv_ml"])
     assert not store.group["mask"][1].any()
     assert verify_store(str(out)) == []
 

@@ -162,6 +162,8 @@ def test_bad_inputs_name_the_store(tmp_path, stores):
         CineStream({stores[0]: 1.0}, follow=True)
     with pytest.raises(ValueError, match="mode"):
         CineStream(stores[0], mode="volume")
+    with pytest.raises(ValueError, match="epoch_size"):
+        CineStream(stores[0], epoch_size=10)
 
 
 def test_ray_data_reader(stores):

@@ -48,6 +48,7 @@ def ingest(sources: list[Path], out: str, preset_name: str = "tiny", overwrite: 
         raise InputError(f"no subjects found in {', '.join(map(str, sources))}")
     writer = StoreWriter.create(out, n_subjects=sum(counts), preset=preset, kind="cohort", overwrite=overwrite,
                                 attrs={"sources": [str(s) for s in sources]})
+    seen: set[str] = set()
     try:
         index = 0
         with tqdm(total=sum(counts), desc="ingest", disable=not progress) as bar:
@@ -56,6 +57,9 @@ def ingest(sources: list[Path], out: str, preset_name: str = "tiny", overwrite: 
                     subject = preprocess(raw, preset)  # crops around the heart, as a detector would
                     if src in unlabeled:
                         subject = strip_labels(subject)
+                    if subject.subject_id in seen:  # e.g. two phantom cohorts both start at patient001
+                        subject.subject_id = f"{Path(src).name}/{subject.subject_id}"
+                    seen.add(subject.subject_id)
                     row = {key: subject.meta.get(key) for key in ROW_KEYS if key in subject.meta}
                     writer.write_subject(index, subject, row)
                     index += 1

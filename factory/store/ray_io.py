@@ -14,20 +14,22 @@ import ray.data
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from factory.stream.source import Source
+from factory.stream.source import Source, read_samples
 
 ROW_MODES = {"frame": "frame", "subject": "sequence"}
+BLOCK_BYTES = 64 * 2**20  # a read task yields blocks of about this size
 
 
-def _block(source: Source, keys: np.ndarray) -> Iterator[Block]:
-    """One block holding the samples of `keys` as columns."""
-    samples = [source.sample(key) for key in keys]
-    columns = {}
-    for name in samples[0]:
-        values = [s[name] for s in samples]
-        same_shape = len({np.shape(v) for v in values}) == 1
-        columns[name] = np.stack(values) if same_shape else values  # ragged: variable-shaped tensors
-    yield BlockAccessor.batch_to_block(columns)
+def _blocks(source: Source, keys: np.ndarray, rows_per_block: int) -> Iterator[Block]:
+    """The samples of `keys` as blocks of at most `rows_per_block` rows, one column per field."""
+    for start in range(0, len(keys), rows_per_block):
+        samples = read_samples([source], [(0, key) for key in keys[start:start + rows_per_block]])
+        columns = {}
+        for name in [n for n in samples[0] if n != "store"]:  # one store: its position says nothing
+            values = [s[name] for s in samples]
+            same_shape = len({np.shape(v) for v in values}) == 1
+            columns[name] = np.stack(values) if same_shape else values  # ragged: variable-shaped tensors
+        yield BlockAccessor.batch_to_block(columns)
 
 
 class StoreDatasource(Datasource):
@@ -49,12 +51,13 @@ class StoreDatasource(Datasource):
                        data_context=None) -> list[ReadTask]:
         keys = self.source.keys
         n_rows = len(keys)
+        rows_per_block = max(1, BLOCK_BYTES * n_rows // max(self._bytes, 1))
         tasks = []
         for part in np.array_split(keys, max(1, min(parallelism, n_rows))):
             if len(part):
                 metadata = BlockMetadata(num_rows=len(part), size_bytes=int(self._bytes * len(part) / n_rows),
                                          input_files=[self.source.url], exec_stats=None)
-                tasks.append(ReadTask(lambda part=part: _block(self.source, part), metadata,
+                tasks.append(ReadTask(lambda part=part: _blocks(self.source, part, rows_per_block), metadata,
                                       per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -38,7 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from factory.errors import InputError, StoreError
 from factory.store.reader import Store
 from factory.stream import plan
-from factory.stream.source import Source
+from factory.stream.source import Source, read_samples
 
 StoreRef = str | Path | Store
 Stores = StoreRef | Sequence[StoreRef] | Mapping[StoreRef, float]
@@ -67,13 +67,17 @@ class CineStream(IterableDataset):
     each sample; a MONAI random transform is seeded from (seed, epoch, consumer), so augmentation is
     reproducible and differs between workers. Call ``set_epoch(e)`` before each epoch (it reaches
     DataLoader workers that are started per epoch, i.e. not with ``persistent_workers=True``).
-    See the module docstring for epoch, mixing and sharding semantics.
+    ``read_ahead`` samples are fetched together (concurrent chunk reads). Every metadata key becomes
+    one more small tensor per batch that DataLoader workers hand to the main process; where speed
+    matters more than metadata, drop keys in ``transform`` (e.g. MONAI ``SelectItemsd``). See the
+    module docstring for epoch, mixing and sharding semantics.
     """
 
     def __init__(self, stores: Stores, mode: str = "frame", *, labeled_only: bool = False, shuffle: bool = True,
                  seed: int = 0, follow: bool = False, transform: Callable[[dict], dict] | None = None,
                  epoch_size: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 even_shards: bool = False, poll_interval_s: float = 1.0, follow_timeout_s: float | None = None):
+                 even_shards: bool = False, read_ahead: int = 8, poll_interval_s: float = 1.0,
+                 follow_timeout_s: float | None = None):
         if mode not in plan.MODES:
             raise ValueError(f"mode must be one of {plan.MODES}, got {mode!r}")
         if isinstance(stores, Mapping):
@@ -92,7 +96,7 @@ class CineStream(IterableDataset):
             raise ValueError(f"rank and world_size go together with 0 <= rank < world_size, got {rank}, {world_size}")
         self.mode, self.shuffle, self.seed, self.follow = mode, shuffle, seed, follow
         self.transform, self.epoch_size, self.even_shards = transform, epoch_size, even_shards
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.read_ahead = rank, world_size, max(1, int(read_ahead))
         self.poll_interval_s, self.follow_timeout_s = poll_interval_s, follow_timeout_s
         self.epoch = 0
         self.sources = [Source(url, mode, labeled_only, follow) for url in urls]
@@ -130,29 +134,36 @@ class CineStream(IterableDataset):
         if hasattr(self.transform, "set_random_state"):  # MONAI: distinct, reproducible augmentation per consumer
             self.transform.set_random_state(seed=int(np.random.SeedSequence([self.seed, self.epoch, shard_id])
                                                      .generate_state(1)[0]))
-        draws = self._follow(shard_id, n_shards) if self.follow else self._draws(shard_id, n_shards)
-        for s, key in draws:
-            sample = _to_tensors({**self.sources[s].sample(key), "store": s})
-            yield self.transform(sample) if self.transform is not None else sample
+        blocks = self._follow(shard_id, n_shards) if self.follow else self._draws(shard_id, n_shards)
+        for block in blocks:
+            for sample in read_samples(self.sources, block):
+                sample = _to_tensors(sample)
+                yield self.transform(sample) if self.transform is not None else sample
 
-    def _draws(self, shard_id: int, n_shards: int) -> Iterator[tuple[int, np.ndarray]]:
+    def _blocks(self, s: int, keys: np.ndarray) -> Iterator[list[tuple[int, np.ndarray]]]:
+        """Draws of store `s` in blocks of `read_ahead` (read together)."""
+        for start in range(0, len(keys), self.read_ahead):
+            yield [(s, key) for key in keys[start:start + self.read_ahead]]
+
+    def _draws(self, shard_id: int, n_shards: int) -> Iterator[list[tuple[int, np.ndarray]]]:
         order = plan.epoch_order([len(s.keys) for s in self.sources], self.counts, self.shuffle, self.seed,
                                  self.epoch)
-        for s, position in plan.shard(order, shard_id, n_shards, self.even_shards):
-            yield int(s), self.sources[s].keys[position]
+        mine = plan.shard(order, shard_id, n_shards, self.even_shards)
+        for start in range(0, len(mine), self.read_ahead):
+            yield [(int(s), self.sources[s].keys[p]) for s, p in mine[start:start + self.read_ahead]]
 
-    def _follow(self, shard_id: int, n_shards: int) -> Iterator[tuple[int, np.ndarray]]:
+    def _follow(self, shard_id: int, n_shards: int) -> Iterator[list[tuple[int, np.ndarray]]]:
         rng = np.random.default_rng([self.seed, self.epoch, shard_id]) if self.shuffle else None
         pending = set(range(len(self.sources)))
         last_news = time.monotonic()
         for s, source in enumerate(self.sources):  # subjects this process already knows (a later pass)
-            yield from ((s, key) for key in self._mine(source.keys, shard_id, n_shards, rng))
+            yield from self._blocks(s, self._mine(source.keys, shard_id, n_shards, rng))
         while pending:
             news = False
             for s in sorted(pending):
                 keys, complete = self.sources[s].poll()
                 news |= len(keys) > 0
-                yield from ((s, key) for key in self._mine(keys, shard_id, n_shards, rng))
+                yield from self._blocks(s, self._mine(keys, shard_id, n_shards, rng))
                 if complete:
                     pending.discard(s)
             if news:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 from factory.models.schedulers import training_scheduler
 from factory.models.unets import AnatomyUNet
@@ -19,6 +20,15 @@ from factory.train.objectives import condition_drop, noisy_sample
 from factory.train.validation import heldout_denoising_loss
 
 VAL_BATCHES = 4
+
+
+def losses(model: torch.nn.Module, scheduler: DDPMScheduler, batch: dict[str, torch.Tensor],
+           cond_drop: float) -> dict[str, torch.Tensor]:
+    """The denoising objective of one batch of ED latents."""
+    x_t, t, target = noisy_sample(scheduler, batch["x0"])
+    drop = condition_drop(batch["missing"], cond_drop)
+    prediction = model(x_t, t, batch["slice_mask"], batch["diagnosis"], batch["scalars"], drop)
+    return {"loss": F.mse_loss(prediction.float(), target)}
 
 
 def train_loop(config: dict) -> None:
@@ -42,12 +52,9 @@ def train_loop(config: dict) -> None:
     for step in run.steps():
         batch = run.to_device(sampler.anatomy_batch(run.rng(step), cfg.batch_size))
         with run.autocast():
-            x_t, t, target = noisy_sample(scheduler, batch["x0"])
-            drop = condition_drop(batch["missing"], cfg.cond_drop)
-            prediction = model(x_t, t, batch["slice_mask"], batch["diagnosis"], batch["scalars"], drop)
-            loss = F.mse_loss(prediction.float(), target)
-        run.optimize(loss, optimizer, ema)
-        run.record(step, loss=loss)
+            terms = losses(model, scheduler, batch, cfg.cond_drop)
+        run.optimize(terms["loss"], optimizer, ema)
+        run.record(step, **terms)
 
         if run.at_checkpoint(step):
             metrics = {"val_loss": heldout_denoising_loss(run, scheduler, unet, ema, val_batches, predict)}

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+if TYPE_CHECKING:  # diffusers is heavy to import: only the diffusion stages' workers load it
+    from diffusers.training_utils import EMAModel
 
 STATE_FILE = "state.json"
 

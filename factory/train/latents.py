@@ -29,6 +29,7 @@ from factory.train.data import augment_ed, clinical_values, shard, split_subject
 
 N_AUGMENT = 4  # augmented ED copies per subject, beside the original
 ENCODE_BATCH = 8
+SUBJECTS_PER_ACTOR = 8  # fewer subjects than this per actor do not pay for an actor's start-up
 
 
 def diagnosis_id(name: object) -> int:
@@ -128,10 +129,11 @@ def build_latent_store(bundle: str, cohort: str, latents: str, preset: Preset, *
     if group.attrs["complete"]:
         return
     todo = np.flatnonzero(~group["done"][:])
-    print(f"[latents] encoding {len(todo)} of {store.n_subjects} subjects with {workers} encoder actors", flush=True)
+    actors = max(1, min(workers, len(todo) // SUBJECTS_PER_ACTOR))
+    print(f"[latents] encoding {len(todo)} of {store.n_subjects} subjects with {actors} encoder actor(s)", flush=True)
     device = "cuda" if gpus_per_worker else "cpu"
     (ray.data.from_items([{"subject": int(i)} for i in todo])
-     .map_batches(LatentEncoder, batch_size=1, concurrency=min(workers, len(todo)), num_cpus=1,
+     .map_batches(LatentEncoder, batch_size=1, concurrency=actors, num_cpus=1,
                   num_gpus=gpus_per_worker, fn_constructor_kwargs={"bundle": bundle, "cohort": cohort,
                                                                    "latents": latents, "seed": seed,
                                                                    "device": device})

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from diffusers.training_utils import EMAModel
 from torch import nn
 
 from factory.presets import get_preset
@@ -25,6 +25,9 @@ from factory.train.checkpoint import load_state, save_state
 from factory.train.config import StageConfig
 from factory.train.data import step_rng
 from factory.train.metrics import MetricsLog
+
+if TYPE_CHECKING:  # diffusers is heavy to import: only the diffusion stages' workers load it
+    from diffusers.training_utils import EMAModel
 
 
 class InjectedFailure(RuntimeError):
@@ -72,6 +75,8 @@ class StageRun:
 
     def ema(self, module: nn.Module) -> EMAModel:
         """An exponential moving average of `module`'s parameters (warm-up decay capped at `ema_decay`)."""
+        from diffusers.training_utils import EMAModel
+
         return EMAModel(module.parameters(), decay=self.cfg.ema_decay)
 
     # -- per step ----------------------------------------------------------------------------------

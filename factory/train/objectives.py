@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import DDPMScheduler
 from monai.losses import DiceCELoss
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
 
 SEG_WEIGHT = 5.0  # Dice+CE on labeled frames is weighted heavily against the image L1
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceCELoss
 
 from factory.bundle import load_bundle
 from factory.models.teacher import ResidualMotionTeacher
+from factory.models.vae import DualDecoderVAE
 from factory.store.reader import open_store
 from factory.train.data import CohortFrames, FrameSampler, shard, split_subjects
 from factory.train.loop import StageRun
@@ -25,6 +27,27 @@ IDENTITY_WEIGHT = 1.0
 MAGNITUDE_WEIGHT = 1e-3
 VAL_FRAMES_PER_SUBJECT = 4
 SCALE_BATCHES = 8
+
+
+def encode_pair(vae: DualDecoderVAE, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means (z_ED, z_t) of a batch's ED frames and frames t under the frozen VAE."""
+    with torch.no_grad():
+        return vae.encode(torch.cat([batch["ed_image"], batch["image"]]))[0].chunk(2)
+
+
+def losses(model: torch.nn.Module, vae: DualDecoderVAE, batch: dict[str, torch.Tensor],
+           seg_loss: DiceCELoss) -> dict[str, torch.Tensor]:
+    """The teacher objective of one batch: `loss` and its terms (one pass computes r_t and r(z_ED, z_ED))."""
+    z_ed, z_t = encode_pair(vae, batch)
+    r_t, r_identity = model(torch.cat([z_ed, z_ed]), torch.cat([z_t, z_ed])).float().chunk(2)
+    z = z_ed + r_t
+    image = F.l1_loss(vae.decode_image(z).float(), batch["image"])
+    seg = segmentation_loss(seg_loss, vae.decode_mask_logits(z), batch["mask"], batch["labeled"])
+    latent = F.l1_loss(z, z_t.float())
+    identity = r_identity.abs().mean()
+    magnitude = r_t.pow(2).mean()
+    loss = image + SEG_WEIGHT * seg + LATENT_WEIGHT * latent + IDENTITY_WEIGHT * identity + MAGNITUDE_WEIGHT * magnitude
+    return {"loss": loss, "image": image, "seg": seg, "latent": latent, "identity": identity, "magnitude": magnitude}
 
 
 def train_loop(config: dict) -> None:
@@ -43,31 +66,17 @@ def train_loop(config: dict) -> None:
     val_pairs = shard(cohort.labeled_frames(val_ids, VAL_FRAMES_PER_SUBJECT), run.rank, run.world)
     seg_loss = dice_ce()
 
-    def encode_pair(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior means (z_ED, z_t) of a batch's ED frames and frames t."""
-        with torch.no_grad():
-            return vae.encode(torch.cat([batch["ed_image"], batch["image"]]))[0].chunk(2)
-
     def reconstruct(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        z_ed, z_t = encode_pair(batch)
+        z_ed, z_t = encode_pair(vae, batch)
         z = z_ed + teacher(z_ed, z_t)
         return vae.decode_image(z), vae.decode_mask_logits(z)
 
     for step in run.steps():
         batch = run.to_device(sampler.batch(run.rng(step), cfg.batch_size, with_ed=True))
         with run.autocast():
-            z_ed, z_t = encode_pair(batch)
-            r_t, r_identity = model(torch.cat([z_ed, z_ed]), torch.cat([z_t, z_ed])).float().chunk(2)
-            z = z_ed + r_t
-            image = F.l1_loss(vae.decode_image(z).float(), batch["image"])
-            seg = segmentation_loss(seg_loss, vae.decode_mask_logits(z), batch["mask"], batch["labeled"])
-            latent = F.l1_loss(z, z_t.float())
-            identity = r_identity.abs().mean()
-            magnitude = r_t.pow(2).mean()
-            loss = (image + SEG_WEIGHT * seg + LATENT_WEIGHT * latent + IDENTITY_WEIGHT * identity
-                    + MAGNITUDE_WEIGHT * magnitude)
-        run.optimize(loss, optimizer)
-        run.record(step, loss=loss, image=image, seg=seg, latent=latent, identity=identity, magnitude=magnitude)
+            terms = losses(model, vae, batch, seg_loss)
+        run.optimize(terms["loss"], optimizer)
+        run.record(step, **terms)
 
         if run.at_checkpoint(step):
             teacher.eval()
@@ -78,6 +87,6 @@ def train_loop(config: dict) -> None:
                     batches = (run.to_device(sampler.batch(run.rng(cfg.steps + k), cfg.batch_size, with_ed=True))
                                for k in range(1, SCALE_BATCHES + 1))
                     with run.autocast():
-                        extra["residual_scale"] = 1.0 / run.global_std(teacher(*encode_pair(b)) for b in batches)
+                        extra["residual_scale"] = 1.0 / run.global_std(teacher(*encode_pair(vae, b)) for b in batches)
             teacher.train()
             run.checkpoint(step, metrics, extra)

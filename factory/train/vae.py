@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceCELoss
 
 from factory.models.vae import DualDecoderVAE
 from factory.store.reader import open_store
@@ -27,6 +28,16 @@ SCALE_BATCHES = 8  # batches of training frames per worker that measure the late
 def kl_weight(step: int, steps: int) -> float:
     """Linear warm-up of the KL weight over the first KL_WARMUP of the run."""
     return KL_WEIGHT * min(1.0, step / max(1.0, KL_WARMUP * steps))
+
+
+def losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], seg_loss: DiceCELoss,
+           kl_w: float) -> dict[str, torch.Tensor]:
+    """The VAE objective of one batch: `loss` and its terms."""
+    out = model(batch["image"])
+    l1 = F.l1_loss(out["image"].float(), batch["image"])
+    seg = segmentation_loss(seg_loss, out["logits"], batch["mask"], batch["labeled"])
+    kl = kl_divergence(out["mu"], out["logvar"])
+    return {"loss": l1 + SEG_WEIGHT * seg + kl_w * kl, "l1": l1, "seg": seg, "kl": kl}
 
 
 def train_loop(config: dict) -> None:
@@ -51,13 +62,9 @@ def train_loop(config: dict) -> None:
     for step in run.steps():
         batch = run.to_device(sampler.batch(run.rng(step), cfg.batch_size))
         with run.autocast():
-            out = model(batch["image"])
-            l1 = F.l1_loss(out["image"].float(), batch["image"])
-            seg = segmentation_loss(seg_loss, out["logits"], batch["mask"], batch["labeled"])
-            kl = kl_divergence(out["mu"], out["logvar"])
-            loss = l1 + SEG_WEIGHT * seg + kl_weight(step, cfg.steps) * kl
-        run.optimize(loss, optimizer)
-        run.record(step, loss=loss, l1=l1, seg=seg, kl=kl)
+            terms = losses(model, batch, seg_loss, kl_weight(step, cfg.steps))
+        run.optimize(terms["loss"], optimizer)
+        run.record(step, **terms)
 
         if run.at_checkpoint(step):
             vae.eval()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
-from diffusers.training_utils import EMAModel
 from monai.metrics import DiceMetric, PSNRMetric
 
 from factory.presets import LABEL_MAP
 from factory.train.data import CohortFrames
 from factory.train.loop import StageRun
 from factory.train.objectives import noisy_sample
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
 
 CLASSES = [LABEL_MAP[str(k)] for k in range(1, len(LABEL_MAP))]  # RV, MYO, LV
 
