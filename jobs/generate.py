@@ -15,8 +15,6 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402
-
 from factory.bundle import read_config  # noqa: E402
 from factory.errors import FactoryError  # noqa: E402
 from factory.sample.cli import add_plan_arguments, plan_from_args, settings_from_args  # noqa: E402
@@ -43,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_from_args(args, preset_name=read_config(args.bundle)["preset"])
         spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
                        workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
         summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)
     except FactoryError as err:
         print(f"generate: error: {err}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +145,8 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     done = writer.committed()
     todo = [g for g in plan_groups(len(plan), spec.batch_size) if not set(g) <= done]
     if todo:
+        if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
+            ray.init(address=os.environ.get("RAY_ADDRESS"))
         groups = ray.data.from_items([{"rows": json.dumps(g)} for g in todo], override_num_blocks=len(todo))
         subjects = groups.map_batches(
             SamplerActor, batch_size=1, concurrency=spec.workers, num_cpus=spec.cpus_per_worker,
