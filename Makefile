@@ -31,11 +31,17 @@ DASH_PORT ?= 8266
 demo: $(STAMP)
 	@mkdir -p $(OUT)
 	@set -e; export PATH="$(abspath $(BIN)):$$PATH"; \
-	ray start --head --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASH_PORT) \
-	    --disable-usage-stats >$(OUT)/ray-start.log; \
-	trap 'ray stop >/dev/null 2>&1' EXIT; \
-	ray job submit --address http://127.0.0.1:$(DASH_PORT) --working-dir . -- \
-	    python jobs/generate.py --n $(DEMO_N) --balance diagnosis --out $(abspath $(OUT))/synthetic.zarr --overwrite; \
+	setsid ray start --head --block --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASH_PORT) \
+	    --disable-usage-stats >$(OUT)/ray-head.log 2>&1 & head=$$!; \
+	trap 'kill -- -$$head 2>/dev/null; wait $$head 2>/dev/null' EXIT; \
+	id=demo-$$$$; addr=http://127.0.0.1:$(DASH_PORT); \
+	for i in $$(seq 60); do \
+	    ray job submit --address $$addr --submission-id $$id --no-wait --working-dir . -- \
+	        python jobs/generate.py --n $(DEMO_N) --balance diagnosis --out $(abspath $(OUT))/synthetic.zarr \
+	        --overwrite >$(OUT)/submit.log 2>&1 && break; sleep 3; \
+	done; \
+	ray job logs --address $$addr --follow $$id; \
+	ray job status --address $$addr $$id | grep -q SUCCEEDED || { echo "generation job failed"; exit 1; }; \
 	factory verify $(OUT)/synthetic.zarr; \
 	factory preview $(OUT)/synthetic.zarr --out $(OUT)/preview; \
 	echo; echo "demo finished:"; \

@@ -1,6 +1,7 @@
 """Model bundle: one directory with every stage's weights (safetensors) and `bundle.json`.
 
-bundle.json records the format version, the preset (name and full definition), geometry, latent
+bundle.json records the format version, the preset (name and full definition; a stage loads only
+while the parts of the preset its weights depend on are unchanged in the code), geometry, latent
 shape, the latent and residual scale factors, the clinical normaliser, the diagnosis vocabulary,
 the fingerprint of the training cohort, the code version and, per stage present, its weights file,
 checksum, training steps and metrics. Generation needs nothing else. Weights are only ever read
@@ -29,6 +30,15 @@ BUNDLE_FILE = "bundle.json"
 FORMAT_VERSION = 1
 STAGES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+# The parts of a preset that a stage's weights depend on (sampling settings such as steps or guidance don't).
+_SCHEDULE = tuple(f"diffusion.{key}" for key in
+                  ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type"))
+PRESET_FIELDS: dict[str, tuple[str, ...]] = {
+    "vae": ("geometry", "vae"),
+    "teacher": ("geometry", "vae", "teacher_channels"),
+    "anatomy": ("geometry", "vae", "anatomy_unet", "context_dim", *_SCHEDULE),
+    "motion": ("geometry", "vae", "motion_unet", "context_dim", *_SCHEDULE),
+}
 
 
 @dataclass
@@ -98,11 +108,21 @@ def read_config(path: Path | str) -> dict:
     name = config.get("preset")
     if name not in PRESETS:
         raise BundleError(f"{config_path}: unknown preset {name!r}; this code knows {sorted(PRESETS)}")
-    differences = diff_dicts(config.get("preset_config", {}), PRESETS[name].to_dict())
-    if differences:
-        raise BundleError(f"{config_path}: built for a different definition of preset {name!r}"
-                          f" ({'; '.join(differences[:3])})")
+    stored, current = config.get("preset_config", {}), PRESETS[name].to_dict()
+    for stage in config.get("stages", {}):
+        differences = [d for key in PRESET_FIELDS.get(stage, ())
+                       for d in diff_dicts(lookup(stored, key), lookup(current, key), f"{key}.")]
+        if differences:
+            raise BundleError(f"{config_path}: stage {stage!r} was trained with a different definition of preset"
+                              f" {name!r} ({'; '.join(differences[:3])})")
     return config
+
+
+def lookup(document: dict, dotted: str) -> Any:
+    """`document["a"]["b"]` for "a.b" (None where absent)."""
+    for key in dotted.split("."):
+        document = document.get(key) if isinstance(document, dict) else None
+    return document
 
 
 def diff_dicts(stored: Any, current: Any, prefix: str = "") -> list[str]:
@@ -246,4 +266,5 @@ def add_stage(path: Path | str, stage: str, tensors: dict[str, torch.Tensor], in
     weights = path / f"{stage}.safetensors"
     save_file(tensors, str(weights), metadata={"stage": stage, "preset": config["preset"]})
     stages = {**config["stages"], stage: {"file": weights.name, "sha256": sha256_file(weights), **info}}
-    return update_config(path, {**(updates or {}), "code_version": code_version(), "stages": stages})
+    return update_config(path, {**(updates or {}), "code_version": code_version(), "stages": stages,
+                                "preset_config": PRESETS[config["preset"]].to_dict()})

@@ -96,10 +96,12 @@ PRESETS: dict[str, Preset] = {
         max_frames=35,
         vae=VAEConfig(channels=(16, 32, 64), latent_channels=4, downsample=4),
         teacher_channels=(32, 64),
-        anatomy_unet=UNetConfig(channels=(32, 64, 64), attention_levels=(False, False, True),
-                                num_head_channels=32, norm_num_groups=16),
-        motion_unet=UNetConfig(channels=(32, 64, 64), attention_levels=(False, False, True),
-                               num_head_channels=32, norm_num_groups=16),
+        # (16, 32, 64) rather than (32, 64, 64): half the CPU time per step (0.16 vs 0.33 s at batch 8,
+        # 2 cores), spent instead on more steps within the hour.
+        anatomy_unet=UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True),
+                                num_head_channels=32, norm_num_groups=8),
+        motion_unet=UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True),
+                               num_head_channels=32, norm_num_groups=8),
         context_dim=64,
     ),
     "paper": Preset(

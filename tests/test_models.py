@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from factory.errors import InputError
-from factory.models.build import build_models, count_parameters
+from factory.models.build import build_model, build_models, count_parameters
 from factory.models.conditioning import (CLINICAL_SCALARS, ClinicalEncoder, ClinicalNormalizer, PhaseEmbedding,
                                          diagnosis_ids)
 from factory.models.schedulers import sampling_scheduler, training_scheduler
@@ -44,7 +44,7 @@ def conditions(batch: int = B) -> tuple[torch.Tensor, ...]:
 
 def test_vae_shapes_and_ranges() -> None:
     torch.manual_seed(0)
-    vae = build_models(TINY)["vae"]
+    vae = build_model(TINY, "vae")
     x = torch.rand(B, 1, *TINY.geometry.shape) * 2 - 1
     out = vae(x)
     assert out["mu"].shape[1:] == LATENT == (4, 12, 16, 16)
@@ -60,7 +60,7 @@ def test_vae_shapes_and_ranges() -> None:
 
 
 def test_teacher_starts_at_zero_and_learns_from_the_difference() -> None:
-    teacher = build_models(TINY)["teacher"]
+    teacher = build_model(TINY, "teacher")
     z_ed, z_t = torch.randn(B, *LATENT), torch.randn(B, *LATENT)
     r = teacher(z_ed, z_t)
     assert r.shape == (B, *LATENT)

@@ -192,6 +192,17 @@ def test_wrong_preset_is_refused(bundle_dir):
         load_bundle(bundle_dir)
 
 
+def test_only_the_preset_parts_a_stage_depends_on_are_checked(bundle_dir):
+    config = json.loads((bundle_dir / "bundle.json").read_text())
+    config["preset_config"]["diffusion"]["sample_steps"] = 7  # a sampling setting: the weights still fit
+    (bundle_dir / "bundle.json").write_text(json.dumps(config))
+    load_bundle(bundle_dir, stages=("anatomy",))
+    config["preset_config"]["diffusion"]["beta_end"] = 0.03  # the training noise schedule: they do not
+    (bundle_dir / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="stage 'anatomy' was trained with a different definition"):
+        load_bundle(bundle_dir)
+
+
 def test_weights_of_the_wrong_shape_are_refused(bundle_dir):
     shutil.copy(bundle_dir / "vae.safetensors", bundle_dir / "teacher.safetensors")
     stages = json.loads((bundle_dir / "bundle.json").read_text())["stages"]

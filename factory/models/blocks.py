@@ -40,5 +40,5 @@ def down(in_ch: int, out_ch: int) -> Convolution:
 
 def up(in_ch: int, out_ch: int) -> nn.Sequential:
     """Double H and W (nearest neighbour, no checkerboard) then a conv; Z untouched."""
-    return nn.Sequential(UpSample(3, scale_factor=IN_PLANE, mode="nontrainable", interp_mode="nearest", align_corners=None),
-                         conv(in_ch, out_ch, PLANAR_KERNEL))
+    upsample = UpSample(3, scale_factor=IN_PLANE, mode="nontrainable", interp_mode="nearest", align_corners=None)
+    return nn.Sequential(upsample, conv(in_ch, out_ch, PLANAR_KERNEL))

@@ -132,3 +132,23 @@ class PhaseEmbedding(nn.Module):
     def forward(self, phase: torch.Tensor) -> torch.Tensor:
         angle = (2 * math.pi / PHASE_PERIOD) * phase.float()[:, None] * self.harmonics
         return self.mlp(torch.cat([angle.sin(), angle.cos()], dim=1))[:, None]
+
+
+def fit_mass_model(table: Any) -> dict[str, list[float]]:
+    """Per-diagnosis least-squares line myo_mass_g = a * edv_ml + b, fitted on a cohort table.
+
+    Plans ask for volumes; the anatomy model is also conditioned on myocardial mass, so a plan row
+    without a mass gets the cohort's typical mass for its diagnosis and EDV. Diagnoses with fewer
+    than 3 subjects fall back to the fit over all subjects.
+    """
+    rows = table.dropna(subset=["edv_ml", "myo_mass_g", "diagnosis"])
+    if len(rows) < 3:
+        raise InputError("need at least 3 subjects with EDV, myocardial mass and diagnosis to fit the mass model")
+
+    def line(group) -> list[float]:
+        slope, intercept = np.polyfit(group["edv_ml"].astype(float), group["myo_mass_g"].astype(float), 1)
+        return [float(slope), float(intercept)]
+
+    overall = line(rows)
+    return {d: line(rows[rows["diagnosis"] == d]) if (rows["diagnosis"] == d).sum() >= 3 else overall
+            for d in DIAGNOSES}

@@ -69,7 +69,7 @@ class CinePipeline:
                     device: str | torch.device = "cpu") -> CinePipeline:
         """Build from a loaded model bundle (factory.load_bundle)."""
         return cls(bundle.models["vae"], bundle.models["anatomy"], bundle.models["motion"], bundle.preset,
-                   bundle.latent_scale, bundle.residual_scale, bundle.normalizer, bundle.mass_fit,
+                   bundle.latent_scale, bundle.residual_scale, bundle.normalizer(), bundle.config["myo_mass_fit"],
                    settings, device)
 
     @torch.no_grad()

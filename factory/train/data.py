@@ -65,7 +65,8 @@ class CohortFrames:
                  "mask": torch.from_numpy(np.stack(masks).astype(np.int64)),
                  "labeled": torch.from_numpy(self.labeled[pairs[:, 0], pairs[:, 1]])}
         if with_ed:
-            batch["ed_image"] = torch.from_numpy(np.stack([self.store.frame(int(i), 0)[0] for i in pairs[:, 0]]))[:, None]
+            ed_frames = [self.store.frame(int(i), 0)[0] for i in pairs[:, 0]]
+            batch["ed_image"] = torch.from_numpy(np.stack(ed_frames))[:, None]
         return batch
 
 

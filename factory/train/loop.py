@@ -2,13 +2,15 @@
 
 A loop builds its models and optimizers, calls `resume` (restores the latest Ray Train checkpoint,
 if any), wraps the trained model with `prepare` (DDP), then iterates `steps()`. Each step it calls
-`optimize` (backward, clipping, optimizer and EMA step) and `record`; at `at_checkpoint` steps it
-validates and calls `checkpoint`, the only place that talks to Ray Train (each report is a barrier).
+`optimize` (backward, clipping, warm-up + cosine learning rate, optimizer and EMA step) and
+`record`; at `at_checkpoint` steps it validates and calls `checkpoint`, the only place that talks
+to Ray Train (each report is a barrier).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -77,7 +79,7 @@ class StageRun:
         """An exponential moving average of `module`'s parameters (warm-up decay capped at `ema_decay`)."""
         from diffusers.training_utils import EMAModel
 
-        return EMAModel(module.parameters(), decay=self.cfg.ema_decay)
+        return EMAModel(module.parameters(), decay=self.cfg.ema_decay, foreach=True)
 
     # -- per step ----------------------------------------------------------------------------------
     def steps(self) -> Iterator[int]:
@@ -101,12 +103,27 @@ class StageRun:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, ema: EMAModel | None = None) -> None:
-        """Backward, clip the gradient norm, step the optimizer (and the EMA)."""
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up over the first `warmup` of the run, then cosine decay to `lr_floor` x the base rate
+        (a function of the step alone, so a resumed run continues the same schedule)."""
+        cfg = self.cfg
+        warmup = max(1, round(cfg.warmup * cfg.steps))
+        if step <= warmup:
+            return cfg.lr * step / warmup
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
+        return cfg.lr * (cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def optimize(self, step: int, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 ema: EMAModel | None = None) -> None:
+        """Backward, clip the gradient norm, step the optimizer at this step's learning rate (and the EMA)."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self.record_value("grad_norm", nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        lr = self.learning_rate(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        self.record_value("lr", lr)
         optimizer.step()
         if ema is not None:
             ema.step(params)
@@ -153,7 +170,7 @@ class StageRun:
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of a tensor over all workers (identity with one worker)."""
-        values = values.to(self.device, torch.float64 if self.device.type == "cpu" else torch.float32)
+        values = values.to(self.device, torch.float64)
         if self.world > 1:
             dist.all_reduce(values)
         return values.cpu()

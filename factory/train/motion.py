@@ -56,7 +56,7 @@ def train_loop(config: dict) -> None:
         batch = run.to_device(sampler.motion_batch(run.rng(step), cfg.batch_size))
         with run.autocast():
             terms = losses(model, scheduler, batch, cfg.cond_drop)
-        run.optimize(terms["loss"], optimizer, ema)
+        run.optimize(step, terms["loss"], optimizer, ema)
         run.record(step, **terms)
 
         if run.at_checkpoint(step):

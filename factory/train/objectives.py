@@ -18,12 +18,12 @@ def dice_ce() -> DiceCELoss:
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
-def segmentation_loss(loss_fn: DiceCELoss, logits: torch.Tensor, mask: torch.Tensor,
-                      labeled: torch.Tensor) -> torch.Tensor:
-    """Dice+CE over the labeled frames of a batch; a graph-connected zero when none is labeled."""
-    if not bool(labeled.any()):
-        return logits.sum() * 0.0  # keeps every DDP rank's graph identical
-    return loss_fn(logits[labeled].float(), mask[labeled][:, None])
+def segmentation_loss(loss_fn: DiceCELoss, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Dice+CE of the labeled frames' logits (B, K, ...) against their masks (B, ...); a graph-connected
+    zero when a batch has no labeled frame (keeps every DDP rank's graph identical)."""
+    if len(logits) == 0:
+        return logits.sum() * 0.0
+    return loss_fn(logits.float(), mask[:, None])
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from factory.store.reader import open_store
 from factory.train.checkpoint import STATE_FILE, export_weights
 from factory.train.config import STAGES, StageConfig, stage_config
 from factory.train.data import split_subjects
+from factory.models.conditioning import fit_mass_model
 from factory.train.latents import build_latent_store, fit_normalizer
 
 REQUIRES = {"vae": (), "teacher": ("vae",), "anatomy": ("vae", "teacher"), "motion": ("vae", "teacher")}
@@ -50,13 +51,14 @@ class TrainOptions:
 
     @property
     def work(self) -> Path:
-        return Path(self.out) / "training"
+        """Working data of the run (checkpoints, logs, latent store), inside the bundle directory."""
+        return Path(self.out).resolve() / "training"
 
 
 def train(options: TrainOptions) -> dict:
     """Train the requested stages in cascade order into the bundle `options.out`; returns bundle.json."""
     preset = get_preset(options.preset)
-    store = open_store(options.cohort)
+    store = open_store(absolute(options.cohort))
     out = Path(options.out).resolve()
     config = start_bundle(out, preset, training_fingerprint(store))
     options.work.mkdir(parents=True, exist_ok=True)
@@ -80,13 +82,19 @@ def train(options: TrainOptions) -> dict:
     return config
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (workers need not share the driver's working directory); URLs as they are."""
+    return url if "://" in url else str(Path(url).resolve())
+
+
 def prepare_latents(cfg: StageConfig, options: TrainOptions) -> None:
     """Pre-encode the cohort once (Ray Data job) and record the clinical normaliser in bundle.json."""
     build_latent_store(cfg.bundle, cfg.cohort, cfg.latents, get_preset(cfg.preset), workers=options.workers,
                        gpus_per_worker=options.gpus_per_worker, seed=cfg.seed)
     if read_config(cfg.bundle)["clinical_normalizer"] is None:
         train_ids, _ = split_subjects(open_store(cfg.cohort).n_subjects, cfg.val_fraction, cfg.seed)
-        update_config(cfg.bundle, {"clinical_normalizer": fit_normalizer(cfg.cohort, train_ids).to_dict()})
+        update_config(cfg.bundle, {"clinical_normalizer": fit_normalizer(cfg.cohort, train_ids).to_dict(),
+                                   "myo_mass_fit": fit_mass_model(open_store(cfg.cohort).table.iloc[train_ids])})
 
 
 def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
@@ -99,7 +107,7 @@ def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
         scaling_config=ray.train.ScalingConfig(num_workers=options.workers, use_gpu=gpus > 0,
                                                resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}),
         run_config=ray.train.RunConfig(
-            name=cfg.stage, storage_path=str((options.work / "runs").resolve()),
+            name=cfg.stage, storage_path=str(options.work / "runs"),
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )

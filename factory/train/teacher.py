@@ -42,7 +42,8 @@ def losses(model: torch.nn.Module, vae: DualDecoderVAE, batch: dict[str, torch.T
     r_t, r_identity = model(torch.cat([z_ed, z_ed]), torch.cat([z_t, z_ed])).float().chunk(2)
     z = z_ed + r_t
     image = F.l1_loss(vae.decode_image(z).float(), batch["image"])
-    seg = segmentation_loss(seg_loss, vae.decode_mask_logits(z), batch["mask"], batch["labeled"])
+    labeled = batch["labeled"]  # masks are decoded for labeled frames only: the frozen VAE allows the subset
+    seg = segmentation_loss(seg_loss, vae.decode_mask_logits(z[labeled]), batch["mask"][labeled])
     latent = F.l1_loss(z, z_t.float())
     identity = r_identity.abs().mean()
     magnitude = r_t.pow(2).mean()
@@ -75,7 +76,7 @@ def train_loop(config: dict) -> None:
         batch = run.to_device(sampler.batch(run.rng(step), cfg.batch_size, with_ed=True))
         with run.autocast():
             terms = losses(model, vae, batch, seg_loss)
-        run.optimize(terms["loss"], optimizer)
+        run.optimize(step, terms["loss"], optimizer)
         run.record(step, **terms)
 
         if run.at_checkpoint(step):

@@ -35,7 +35,8 @@ def losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], seg_loss: Dic
     """The VAE objective of one batch: `loss` and its terms."""
     out = model(batch["image"])
     l1 = F.l1_loss(out["image"].float(), batch["image"])
-    seg = segmentation_loss(seg_loss, out["logits"], batch["mask"], batch["labeled"])
+    labeled = batch["labeled"]
+    seg = segmentation_loss(seg_loss, out["logits"][labeled], batch["mask"][labeled])
     kl = kl_divergence(out["mu"], out["logvar"])
     return {"loss": l1 + SEG_WEIGHT * seg + kl_w * kl, "l1": l1, "seg": seg, "kl": kl}
 
@@ -63,7 +64,7 @@ def train_loop(config: dict) -> None:
         batch = run.to_device(sampler.batch(run.rng(step), cfg.batch_size))
         with run.autocast():
             terms = losses(model, batch, seg_loss, kl_weight(step, cfg.steps))
-        run.optimize(terms["loss"], optimizer)
+        run.optimize(step, terms["loss"], optimizer)
         run.record(step, **terms)
 
         if run.at_checkpoint(step):
