@@ -146,7 +146,7 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     todo = [g for g in plan_groups(len(plan), spec.batch_size) if not set(g) <= done]
     if todo:
         if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
-            ray.init(address=os.environ.get("RAY_ADDRESS"))
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
         groups = ray.data.from_items([{"rows": json.dumps(g)} for g in todo], override_num_blocks=len(todo))
         subjects = groups.map_batches(
             SamplerActor, batch_size=1, concurrency=spec.workers, num_cpus=spec.cpus_per_worker,
