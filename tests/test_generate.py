@@ -106,14 +106,20 @@ def test_ray_job_submit_on_a_local_head(tmp_path, bundle):
                 break
             time.sleep(3)
         assert submit.returncode == 0, submit.stderr[-2000:]
-        logs = subprocess.run([*ray_cmd, "logs", "--address", address, "--follow", "gen8"], env=env(),
-                              capture_output=True, text=True, timeout=900)
-        status = subprocess.run([*ray_cmd, "status", "--address", address, "gen8"], env=env(),
-                                capture_output=True, text=True, timeout=120)
+        deadline = time.monotonic() + 900
+        while True:  # poll until the job reaches a terminal state
+            status = subprocess.run([*ray_cmd, "status", "--address", address, "gen8"], env=env(),
+                                    capture_output=True, text=True, timeout=120)
+            state = status.stdout + status.stderr
+            if any(s in state for s in ("SUCCEEDED", "FAILED", "STOPPED")) or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        logs = subprocess.run([*ray_cmd, "logs", "--address", address, "gen8"], env=env(),
+                              capture_output=True, text=True, timeout=120)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=120)
-    assert "SUCCEEDED" in status.stdout + status.stderr, logs.stdout[-3000:]
+    assert "SUCCEEDED" in state, logs.stdout[-3000:]
     assert verify_store(str(out)) == []
     store = open_store(str(out))
     table = store.table
