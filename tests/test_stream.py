@@ -171,7 +171,7 @@ def test_ray_data_reader(stores):
     from factory.store import read
 
     cohort, _ = stores
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         dataset = read(cohort)
         assert dataset.count() == len(real_frames(cohort))
