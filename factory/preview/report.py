@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from factory.data.clinical import label_volumes_ml
+from factory.evaluate.stats import pearson
 from factory.store.reader import Store
 
 MEASURES = (("edv_ml", "EDV (ml)"), ("esv_ml", "ESV (ml)"), ("ef_pct", "EF (%)"))
@@ -34,15 +35,6 @@ def md_table(headers: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """Pearson r over the pairs where both values are finite, and their number (NaN below 3 or if constant)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return math.nan, int(ok.sum())
-    return float(np.corrcoef(x[ok], y[ok])[0, 1]), int(ok.sum())
-
-
 def diagnosis_section(table: pd.DataFrame, out: Path) -> list[str]:
     """Subjects (and labeled frames) per diagnosis: a table and a bar chart."""
     diagnosis = table["diagnosis"].fillna("unknown")
@@ -58,11 +50,10 @@ def diagnosis_section(table: pd.DataFrame, out: Path) -> list[str]:
             "![subjects per diagnosis](diagnosis_counts.png)", ""]
 
 
-def controllability_section(table: pd.DataFrame, out: Path) -> list[str]:
-    """Requested vs measured EDV / ESV / EF scatter plots with Pearson r and the identity line."""
-    fig = Figure(figsize=(12, 4), layout="constrained")
-    rows = []
-    for ax, (column, label) in zip(fig.subplots(1, 3), MEASURES):
+def requested_vs_measured_figure(table: pd.DataFrame, measures, path: Path) -> None:
+    """Requested vs measured scatter plots of `measures` ((column, label) pairs), per diagnosis."""
+    fig = Figure(figsize=(4 * len(measures), 4), layout="constrained")
+    for ax, (column, label) in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures):
         requested, measured = table[f"requested_{column}"].astype(float), table[column].astype(float)
         r, n = pearson(requested, measured)
         for diagnosis, group in table.groupby(table["diagnosis"].fillna("unknown")):
@@ -71,9 +62,14 @@ def controllability_section(table: pd.DataFrame, out: Path) -> list[str]:
         if len(finite):
             ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k--", lw=0.8)
         ax.set(xlabel=f"requested {label}", ylabel=f"measured {label}", title=f"{label}: r = {r:.3f} (n = {n})")
-        rows.append([label, r, n])
     fig.axes[0].legend(fontsize=7)
-    fig.savefig(out / "controllability.png", dpi=100)
+    fig.savefig(path, dpi=100)
+
+
+def controllability_section(table: pd.DataFrame, out: Path) -> list[str]:
+    """Requested vs measured EDV / ESV / EF scatter plots with Pearson r and the identity line."""
+    requested_vs_measured_figure(table, MEASURES, out / "controllability.png")
+    rows = [[label, *pearson(table[f"requested_{column}"], table[column])] for column, label in MEASURES]
     return ["## Requested vs measured", "", *md_table(["value", "Pearson r", "subjects"], rows), "",
             "![requested vs measured](controllability.png)", ""]
 

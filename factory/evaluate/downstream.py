@@ -1,0 +1,248 @@
+"""The downstream cross-vendor experiment: does adding synthetic subjects help a segmenter on unseen vendors?
+
+A small 3D MONAI UNet trains on the labeled frames of one vendor's real subjects and is tested on
+labeled frames of other vendors' subjects. Arms, each trained for the same number of steps from the
+same initialisation per seed: `real` only; `augmented`, real + N conventionally augmented copies of
+real subjects (in-plane affine and elastic deformation, bias field, contrast, noise); `synthetic`,
+real + N synthetic subjects; `both`, real + the N copies + the N synthetic subjects. Every step
+draws subjects uniformly from the arm's pool and one labeled frame of each, so the extra subjects
+make up the same share of the batches in the augmented and synthetic arms. Arms x seeds run as Ray
+tasks of one CPU each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+
+from factory.errors import InputError
+from factory.evaluate.overlap import STRUCTURES, dice, hd95
+from factory.evaluate.stats import mean_sd
+from factory.store.reader import Store, open_store
+
+ARMS: dict[str, str] = {"real": "real only", "augmented": "real + N augmented copies of real subjects",
+                        "synthetic": "real + N synthetic subjects", "both": "real + N augmented copies + N synthetic"}
+PAIRED = (("synthetic", "real"), ("synthetic", "augmented"))
+
+
+@dataclass(frozen=True)
+class PoolSubject:
+    """One training subject of an arm: where it is, which frames have masks, whether to augment it."""
+
+    store: str
+    index: int
+    frames: tuple[int, ...]
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything a training task needs: pools of every kind, the test frames, and the training settings."""
+
+    real: tuple[PoolSubject, ...]
+    synthetic: tuple[PoolSubject, ...]
+    test_store: str
+    test_frames: tuple[tuple[int, int], ...]
+    test_vendors: tuple[str, ...]
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 1e-3
+    channels: tuple[int, ...] = (16, 32, 64)
+
+    def pool(self, arm: str) -> list[PoolSubject]:
+        """The training subjects of `arm`; augmented copies cycle through the real subjects."""
+        copies = [replace(self.real[k % len(self.real)], augment=True) for k in range(len(self.synthetic))]
+        extra = {"real": [], "augmented": copies, "synthetic": list(self.synthetic),
+                 "both": copies + list(self.synthetic)}
+        return list(self.real) + extra[arm]
+
+
+def labeled_subjects(store: Store, rows: pd.Index) -> list[PoolSubject]:
+    """The subjects among `rows` that have labeled frames, with those frames."""
+    labeled = store.group["labeled"][:]
+    subjects = [PoolSubject(store.url, int(i), tuple(int(t) for t in np.flatnonzero(labeled[i]))) for i in rows]
+    return [s for s in subjects if s.frames]
+
+
+def conventional_augmentation(seed: int):
+    """MONAI augmentation of {"image", "label"} (Z, H, W) frames: slices act as channels, so the in-plane
+    deformations are shared by every slice; intensities are augmented in [0, 1] and mapped back to [-1, 1]."""
+    from monai.transforms import (Compose, Rand2DElasticd, RandAdjustContrastd, RandAffined, RandBiasFieldd,
+                                  RandGaussianNoised, ScaleIntensityRanged)
+
+    keys, modes = ("image", "label"), ("bilinear", "nearest")
+    transform = Compose([
+        RandAffined(keys, prob=0.8, rotate_range=np.pi / 12, scale_range=0.15, translate_range=(4, 4), mode=modes,
+                    padding_mode="zeros"),
+        Rand2DElasticd(keys, spacing=(16, 16), magnitude_range=(0.5, 2.0), prob=0.3, mode=modes, padding_mode="zeros"),
+        ScaleIntensityRanged("image", a_min=-1, a_max=1, b_min=0, b_max=1),
+        RandBiasFieldd("image", coeff_range=(0.0, 0.3), prob=0.5),
+        RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.5),
+        RandGaussianNoised("image", std=0.03, prob=0.5),
+        ScaleIntensityRanged("image", a_min=0, a_max=1, b_min=-1, b_max=1, clip=True),
+    ])
+    return transform.set_random_state(seed=seed)
+
+
+def segmenter(channels: tuple[int, ...]) -> torch.nn.Module:
+    """A 3D MONAI UNet for 4 labels that downsamples in-plane only (slices are 10 mm apart)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=4, channels=channels,
+                strides=((1, 2, 2),) * (len(channels) - 1), num_res_units=1)
+
+
+def training_batch(experiment: Experiment, pool: list[PoolSubject], stores: dict[str, Store],
+                   rng: np.random.Generator, augment) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` random subjects of `pool`, one random labeled frame each: (B, 1, Z, H, W) image and label."""
+    images, labels = [], []
+    for k in rng.integers(len(pool), size=experiment.batch_size):
+        subject = pool[k]
+        image, label = stores[subject.store].frame(subject.index, int(rng.choice(subject.frames)))
+        if subject.augment:
+            sample = augment({"image": image, "label": label.astype(np.float32)})
+            image, label = np.asarray(sample["image"]), np.asarray(sample["label"])
+        images.append(image)
+        labels.append(label)
+    return (torch.from_numpy(np.stack(images).astype(np.float32))[:, None],
+            torch.from_numpy(np.rint(np.stack(labels)).astype(np.int64))[:, None])
+
+
+def train(experiment: Experiment, arm: str, seed: int) -> torch.nn.Module:
+    """The segmenter of one (arm, seed): Dice + CE loss, Adam with polynomial decay (nnU-Net's schedule)."""
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(seed)
+    net = segmenter(experiment.channels)
+    optimiser = torch.optim.Adam(net.parameters(), lr=experiment.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: (1 - step / experiment.steps) ** 0.9)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    pool = experiment.pool(arm)
+    stores = {url: open_store(url) for url in {s.store for s in pool}}
+    rng, augment = np.random.default_rng(seed), conventional_augmentation(seed)
+    net.train()
+    for _ in range(experiment.steps):
+        image, label = training_batch(experiment, pool, stores, rng, augment)
+        optimiser.zero_grad()
+        loss_fn(net(image), label).backward()
+        optimiser.step()
+        schedule.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def score(net: torch.nn.Module, experiment: Experiment) -> dict[str, np.ndarray]:
+    """Per test frame: Dice and HD95 (mm) of RV, MYO, LV, shape (n_frames, 3) each."""
+    store = open_store(experiment.test_store)
+    scores = {"dice": [], "hd95": []}
+    size = experiment.batch_size
+    for start in range(0, len(experiment.test_frames), size):
+        images, masks = zip(*(store.frame(i, t) for i, t in experiment.test_frames[start:start + size]))
+        pred = net(torch.from_numpy(np.stack(images))[:, None]).argmax(1).numpy()
+        scores["dice"].append(dice(pred, np.stack(masks)))
+        scores["hd95"].append(hd95(pred, np.stack(masks), store.spacing_mm))
+    return {k: np.concatenate(v) for k, v in scores.items()}
+
+
+@ray.remote(num_cpus=1)
+def run_arm(experiment: Experiment, arm: str, seed: int) -> dict:
+    """Train and test one (arm, seed) in a Ray task of one CPU."""
+    torch.set_num_threads(1)
+    return {"arm": arm, "seed": seed, **score(train(experiment, arm, seed), experiment)}
+
+
+def summarize(results: list[dict], experiment: Experiment) -> dict:
+    """Per arm: each seed's mean Dice / HD95 per structure, their mean +/- SD over seeds, per test vendor; and
+    the paired (same seed) differences synthetic - real and synthetic - augmented."""
+    vendors = np.array(experiment.test_vendors)
+
+    def seed_means(scores: np.ndarray, rows=slice(None)) -> dict[str, float]:
+        means = np.nanmean(scores[rows], axis=0)
+        return {**dict(zip(STRUCTURES, means.tolist())), "mean": float(np.nanmean(means))}
+
+    per_seed: dict[str, dict[int, dict]] = {}
+    for r in results:
+        per_seed.setdefault(r["arm"], {})[r["seed"]] = {
+            metric: seed_means(r[metric]) for metric in ("dice", "hd95")} | {
+            "per_vendor": {v: {metric: seed_means(r[metric], vendors == v)["mean"] for metric in ("dice", "hd95")}
+                           for v in sorted(set(vendors))}}
+    keys = (*STRUCTURES, "mean")
+    arms = {arm: {"description": ARMS[arm], "seeds": [{"seed": s, **v} for s, v in sorted(seeds.items())],
+                  **{metric: {k: mean_sd([v[metric][k] for v in seeds.values()]) for k in keys}
+                     for metric in ("dice", "hd95")},
+                  "per_vendor": {vendor: {metric: mean_sd([v["per_vendor"][vendor][metric] for v in seeds.values()])
+                                          for metric in ("dice", "hd95")} for vendor in sorted(set(vendors))}}
+            for arm, seeds in per_seed.items()}
+    paired = {}
+    for a, b in PAIRED:
+        if a in per_seed and b in per_seed:
+            common = sorted(set(per_seed[a]) & set(per_seed[b]))
+            paired[f"{a} - {b}"] = {metric: {k: mean_sd([per_seed[a][s][metric][k] - per_seed[b][s][metric][k]
+                                                         for s in common]) for k in keys}
+                                    for metric in ("dice", "hd95")}
+    return {"arms": arms, "paired_differences": paired}
+
+
+def held_out_set(cohort: Store, test: Store | None, train_vendor: str) -> tuple[Store, list[PoolSubject], str]:
+    """Labeled subjects of other vendors than `train_vendor`: from `test` when given, else from the cohort."""
+    store = test or cohort
+    table = store.table
+    subjects = labeled_subjects(store, table.index[table["vendor"].astype(str) != train_vendor])
+    if test is not None:
+        note = f"labeled non-{train_vendor} subjects of the held-out test store {test.url}"
+    else:
+        note = (f"no --test store was given: labeled non-{train_vendor} subjects of the cohort store itself. If the"
+                " generator was trained on this cohort these subjects may have been part of its training data")
+    if not subjects:
+        raise InputError(f"{store.url}: no labeled subjects of a vendor other than {train_vendor} to test on"
+                         + ("" if test else "; give a held-out labeled store with --test"))
+    return store, subjects, note
+
+
+def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None, *, train_vendor: str = "A",
+               arms: tuple[str, ...] = ("real", "augmented", "synthetic"), seeds: int = 3, steps: int = 300,
+               batch_size: int = 4, n_extra: int | None = None, seed: int = 0) -> dict:
+    """Run every arm x seed as Ray tasks and return the `downstream` report section."""
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise InputError(f"unknown downstream arms {sorted(unknown)}; choose from {list(ARMS)}")
+    cohort, synthetic = open_store(cohort_url), open_store(synthetic_url)
+    table = cohort.table
+    real = labeled_subjects(cohort, table.index[table["vendor"].astype(str) == train_vendor])
+    if not real:
+        raise InputError(f"{cohort_url}: no labeled vendor-{train_vendor} subjects to train the segmenter on")
+    syn_table = synthetic.table
+    usable = syn_table.index[syn_table["status"] == "ok"] if "status" in syn_table else syn_table.index
+    candidates = labeled_subjects(synthetic, usable)
+    n = min(n_extra or len(real), len(candidates))
+    if n == 0 and {"synthetic", "augmented", "both"} & set(arms):
+        raise InputError(f"{synthetic_url}: no labeled synthetic subjects that passed the gate")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(candidates), size=n, replace=False))
+    test_store, test_subjects, note = held_out_set(cohort, open_store(test_url) if test_url else None, train_vendor)
+    vendors = test_store.table["vendor"].astype(str)
+    frames = [(s.index, t) for s in test_subjects for t in s.frames]
+    experiment = Experiment(real=tuple(real), synthetic=tuple(candidates[k] for k in chosen),
+                            test_store=test_store.url, test_frames=tuple(frames),
+                            test_vendors=tuple(vendors[i] for i, _ in frames), steps=steps, batch_size=batch_size)
+    if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+    results = ray.get([run_arm.remote(experiment, arm, s) for arm in arms for s in range(seed, seed + seeds)])
+    return {"protocol": {
+                "segmenter": f"3D MONAI UNet, channels {experiment.channels}, in-plane strides, Dice+CE loss, Adam"
+                             f" lr {experiment.lr} with polynomial decay, batch {batch_size}, {steps} steps per arm",
+                "train": f"{len(real)} labeled vendor-{train_vendor} subjects of the cohort store {cohort_url}"
+                         f" ({sum(len(s.frames) for s in real)} labeled frames)",
+                "n_extra": n, "extra_synthetic": f"{n} synthetic subjects (status ok) of {synthetic_url},"
+                                                 " all their labeled frames",
+                "extra_augmented": f"{n} augmented copies of the real training subjects (MONAI RandAffined,"
+                                   " Rand2DElasticd, RandBiasFieldd, RandAdjustContrastd, RandGaussianNoised)",
+                "test": f"{note}: {len(test_subjects)} subjects, {len(frames)} labeled frames, vendors"
+                        f" {sorted(set(experiment.test_vendors))}",
+                "hd95": "mm; a structure missing from the prediction scores the field-of-view diagonal",
+                "seeds": list(range(seed, seed + seeds)), "arms": {a: ARMS[a] for a in arms}},
+            **summarize(results, experiment)}

@@ -1,0 +1,192 @@
+"""`report.json` (NaN written as null) and `report.md` with its PNG figures (matplotlib object API, Agg canvas)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from factory.evaluate.controllability import requested_targets
+from factory.evaluate.overlap import STRUCTURES
+from factory.preview.report import md_table, requested_vs_measured_figure
+
+
+def json_safe(value):
+    """`value` with numpy scalars/arrays and tuples made plain, and every non-finite float as None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def num(value, digits: int = 3) -> str:
+    """A number for a table cell; n/a for missing values."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def with_ci(value, ci) -> str:
+    return f"{num(value)} [{num(ci[0])}, {num(ci[1])}]"
+
+
+def spread(summary: dict) -> str:
+    """`mean ± SD` of a `mean_sd` summary."""
+    return f"{num(summary['mean'])} ± {num(summary['sd'])}"
+
+
+def controllability_lines(section: dict, table: pd.DataFrame, out: Path) -> list[str]:
+    """Requested-vs-measured tables and scatter plots, gate outcomes, diagnosis faithfulness."""
+    lines = ["## Controllability", "",
+             f"{section['n_subjects']} synthetic subjects (gate failures included). Pearson r and mean absolute"
+             " error between requested and measured values, with seeded bootstrap 95 % intervals.", ""]
+    rows = [[t["label"], t["overall"]["n"], with_ci(t["overall"]["pearson_r"], t["overall"]["pearson_r_ci95"]),
+             with_ci(t["overall"]["mae"], t["overall"]["mae_ci95"])] for t in section["targets"].values()]
+    lines += md_table(["value", "n", "Pearson r [95 % CI]", "MAE [95 % CI]"], rows) + [""]
+    if section["targets"]:
+        diagnoses = sorted({d for t in section["targets"].values() for d in t["per_diagnosis"]})
+        rows = [[d, *(f"{num(t['per_diagnosis'][d]['pearson_r'])} / {num(t['per_diagnosis'][d]['mae'], 1)}"
+                      for t in section["targets"].values())] for d in diagnoses]
+        lines += ["Per diagnosis (Pearson r / MAE):", "",
+                  *md_table(["diagnosis", *(t["label"] for t in section["targets"].values())], rows), ""]
+        requested_vs_measured_figure(table, requested_targets(table), out / "controllability.png")
+        lines += ["![requested vs measured](controllability.png)", ""]
+    gate = section["gate"]
+    lines += ["### Quality gate", "", f"Status counts: {gate['status'] or 'no status column'}; gate failures:"
+              f" {gate['gate_failed']} (rate {num(gate['gate_failure_rate'])}), mean gate attempts"
+              f" {num(gate['mean_gate_attempts'], 2)}.", ""]
+    faith = section["diagnosis_faithfulness"]
+    lines += ["### Diagnosis faithfulness", "", f"Classifier: {faith['classifier']}."]
+    if "accuracy" not in faith:
+        return lines + ["", f"Not computed: {faith['note']}.", ""]
+    lines += [f"Features: {', '.join(faith['features'])}.", "",
+              f"Accuracy on {faith['n_synthetic']} synthetic subjects (requested diagnosis):"
+              f" {with_ci(faith['accuracy'], faith['accuracy_ci95'])}; cross-validated accuracy on the"
+              f" {faith['n_real']} real subjects it was fitted on: {num(faith['real_cv_accuracy'])}.", "",
+              *md_table(["requested \\ predicted", *faith["labels"]],
+                        [[label, *row] for label, row in zip(faith["labels"], faith["confusion"])]), ""]
+    fig = Figure(figsize=(4, 3.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.array(faith["confusion"]), cmap="Blues")
+    ax.set(xticks=range(len(faith["labels"])), xticklabels=faith["labels"], yticks=range(len(faith["labels"])),
+           yticklabels=faith["labels"], xlabel="predicted", ylabel="requested", title="Diagnosis confusion")
+    fig.colorbar(image)
+    fig.savefig(out / "diagnosis_confusion.png", dpi=100)
+    return lines + ["![diagnosis confusion](diagnosis_confusion.png)", ""]
+
+
+def mask_rows(synthetic: dict, real: dict) -> list[list]:
+    """Rows of the mask-coherence table: measure, synthetic, real reference."""
+    def cell(section: dict, key: str, structure: str | None = None) -> str:
+        if not section.get("n_subjects"):
+            return "n/a"
+        value = section[key][structure] if structure else section[key]
+        return spread(value) if isinstance(value, dict) else num(value)
+
+    rows = [[f"volume smoothness {s} (mean abs 2nd difference / max volume)", cell(synthetic, "volume_smoothness", s),
+             cell(real, "volume_smoothness", s)] for s in STRUCTURES]
+    rows += [[f"frame-to-frame Dice {s}", cell(synthetic, "frame_to_frame_dice", s),
+              cell(real, "frame_to_frame_dice", s)] for s in STRUCTURES]
+    rows += [[label, cell(synthetic, key), cell(real, key)] for key, label in (
+        ("es_at_requested_frame_share", "share with ES (min LV volume) at the phase-100 frame"),
+        ("es_frame_abs_error", "|ES frame error| (frames)"), ("es_phase_error", "ES phase error (phase units)"),
+        ("myo_volume_cv", "myocardial volume CV over the cycle"),
+        ("gate_pass_share", "share of frames passing the gate"))]
+    return rows
+
+
+def curves_figure(curves: list[dict], path: Path) -> None:
+    """Each synthetic subject's RV / MYO / LV volume over the cycle, divided by its largest value."""
+    fig = Figure(figsize=(12, 3.5), layout="constrained")
+    for ax, structure in zip(fig.subplots(1, 3, sharey=True), STRUCTURES):
+        for curve in curves:
+            volume = curve[structure.lower()]
+            if volume.max() > 0:
+                ax.plot(curve["phase"], volume / volume.max(), color="tab:gray", lw=0.6, alpha=0.5)
+        ax.set(xlabel="phase (0 ED, 100 ES, 200 next ED)", title=f"{structure} volume / max")
+    fig.savefig(path, dpi=100)
+
+
+def coherence_lines(section: dict, curves: list[dict], out: Path) -> list[str]:
+    """FVD table, mask-coherence table and the volume-curve figure."""
+    fvd = section["fvd"]
+    lines = ["## Temporal coherence and realism", "", f"### {fvd['metric']}", "",
+             f"Extractor: {fvd['extractor']}. Clips: {fvd['clip']}. Both distances use the same reference half"
+             f" ({fvd['n_reference']} real subjects) and {fvd['n_compared']} compared subjects.", "",
+             *md_table(["comparison", "Fréchet distance"], [["real vs real (floor)", num(fvd["real_vs_real"])],
+                                                           ["real vs synthetic", num(fvd["real_vs_synthetic"])]])]
+    if fvd.get("extractor_held_out_accuracy") is not None:
+        lines += ["", "Extractor diagnosis accuracy on held-out real clips:"
+                      f" {num(fvd['extractor_held_out_accuracy'])}."]
+    masks = section["masks"]
+    lines += ["", "### Mask-based coherence", "",
+              f"Subjects with every frame labeled: {masks['synthetic'].get('n_subjects', 0)} synthetic,"
+              f" {masks['real'].get('n_subjects', 0)} real (mean ± SD over subjects).", "",
+              *md_table(["measure", "synthetic", "real"], mask_rows(masks["synthetic"], masks["real"])), ""]
+    if curves:
+        curves_figure(curves, out / "volume_curves.png")
+        lines += ["![volume curves](volume_curves.png)", ""]
+    return lines
+
+
+def downstream_figure(section: dict, path: Path) -> None:
+    """Dice per structure and arm: bars at the mean over seeds, one dot per seed."""
+    arms = list(section["arms"])
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        x = np.arange(len(STRUCTURES) + 1) + k * width
+        result = section["arms"][arm]
+        keys = (*STRUCTURES, "mean")
+        ax.bar(x, [result["dice"][s]["mean"] for s in keys], width, label=arm, alpha=0.7)
+        for seed in result["seeds"]:
+            ax.plot(x, [seed["dice"][s] for s in keys], "k.", ms=4)
+    ax.set(xticks=np.arange(len(STRUCTURES) + 1) + 0.4 - width / 2, xticklabels=[*STRUCTURES, "mean"],
+           ylabel="Dice (test vendors)", title="Downstream segmentation")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+
+
+def downstream_lines(section: dict, out: Path) -> list[str]:
+    """Protocol, per-arm Dice / HD95 tables (mean ± SD over seeds), per vendor, and paired differences."""
+    protocol = section["protocol"]
+    lines = ["## Downstream cross-vendor segmentation", "",
+             *(f"- {key}: {value}" for key, value in protocol.items() if key != "arms"), ""]
+    keys = (*STRUCTURES, "mean")
+    for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)")):
+        rows = [[arm, *(spread(result[metric][k]) for k in keys)] for arm, result in section["arms"].items()]
+        lines += [f"{label}, mean ± SD over seeds:", "", *md_table(["arm", *keys], rows), ""]
+    vendors = sorted({v for result in section["arms"].values() for v in result["per_vendor"]})
+    rows = [[arm, *(f"{spread(result['per_vendor'][v]['dice'])} / {spread(result['per_vendor'][v]['hd95'])}"
+                    for v in vendors)] for arm, result in section["arms"].items()]
+    lines += ["Per test vendor, mean Dice / HD95 over structures:", "", *md_table(["arm", *vendors], rows), ""]
+    for name, diff in section["paired_differences"].items():
+        rows = [[label, *(f"{spread(diff[metric][k])} ({num(diff[metric][k]['min'])} to {num(diff[metric][k]['max'])})"
+                          for k in keys)] for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)"))]
+        lines += [f"Paired difference {name} (same seed), mean ± SD (min to max):", "",
+                  *md_table(["metric", *keys], rows), ""]
+    downstream_figure(section, out / "downstream_dice.png")
+    return lines + ["![downstream Dice](downstream_dice.png)", ""]
+
+
+def write_report(report: dict, synthetic_table: pd.DataFrame, curves: list[dict], out: Path) -> None:
+    """Write `out/report.json` and `out/report.md` (with its figures) for an evaluation `report`."""
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
+    inputs = report["inputs"]
+    lines = ["# Evaluation report", "", *(f"- {key}: {value}" for key, value in inputs.items()),
+             f"- generator training data: {report['protocol']['generator']}", f"- took {report['seconds']:.0f} s", ""]
+    lines += controllability_lines(report["controllability"], synthetic_table, out)
+    lines += coherence_lines(report["coherence"], curves, out)
+    if "downstream" in report:
+        lines += downstream_lines(report["downstream"], out)
+    (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,220 @@
+"""The evaluation job: metrics on known inputs, and a toy end-to-end run with the downstream experiment."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factory.errors import StoreError
+from factory.evaluate.classifier import SoftmaxClassifier, cross_validated_accuracy
+from factory.evaluate.coherence import subject_coherence
+from factory.evaluate.features import mean_wall_thickness_mm
+from factory.evaluate.overlap import dice, hd95
+from factory.evaluate.stats import bootstrap_ci, frechet_distance, mae, pearson
+from factory.data.clinical import label_volumes_ml
+from factory.record import cycle_phase
+
+from store_builders import write_store
+
+SPACING = (10.0, 2.5, 2.5)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_pearson_and_mae_of_identical_columns():
+    x = np.array([3.0, 1.0, 4.0, 1.5, 9.0])
+    assert pearson(x, x) == (pytest.approx(1.0), 5)
+    assert pearson(x, -2 * x + 1)[0] == pytest.approx(-1.0)
+    assert mae(x, x + 2) == pytest.approx(2.0)
+    assert math.isnan(pearson([1.0, 2.0], [1.0, 2.0])[0])
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=50)
+    y = x + rng.normal(scale=0.5, size=50)
+    low, high = bootstrap_ci(lambda a, b: pearson(a, b)[0], x, y, n_boot=300, seed=1)
+    assert low < pearson(x, y)[0] < high
+    assert bootstrap_ci(np.mean, x, n_boot=300, seed=1) == bootstrap_ci(np.mean, x, n_boot=300, seed=1)
+
+
+def test_frechet_distance_of_a_set_with_itself_and_of_shifted_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 4))
+    shift = np.array([1.0, -2.0, 0.5, 0.0])
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-6)
+    b = rng.normal(size=(4000, 4)) + shift  # independent sample: equal up to sampling error
+    assert frechet_distance(a, b) == pytest.approx(np.sum(shift ** 2), abs=0.1)
+
+
+def cube(offset: int = 0) -> np.ndarray:
+    """A (1, 12, 16, 16) LV (label 3) cube of 6 x 6 x 6 voxels, shifted by `offset` columns."""
+    mask = np.zeros((1, 12, 16, 16), np.uint8)
+    mask[0, 2:8, 4:10, 4 + offset:10 + offset] = 3
+    return mask
+
+
+def test_dice_and_hd95_of_a_shifted_cube():
+    # Shift by 2 columns (2 x 2.5 mm): overlap 6 x 6 x 4 -> Dice 2 * 144 / 432; the shifted faces lie
+    # 2 voxels from the original ones and make up more than 5 % of the surface -> HD95 = 5 mm.
+    assert dice(cube(2), cube())[0, 2] == pytest.approx(2 / 3)
+    assert hd95(cube(2), cube(), SPACING)[0, 2] == pytest.approx(5.0)
+    assert np.isnan(dice(cube(2), cube())[0, 0]), "RV absent from the truth: no score"
+    # A structure missing from the prediction scores the field-of-view diagonal.
+    diagonal = math.sqrt((12 * 10.0) ** 2 + 2 * (16 * 2.5) ** 2)
+    assert hd95(np.zeros_like(cube()), cube(), SPACING)[0, 2] == pytest.approx(diagonal)
+
+
+def test_wall_thickness_of_a_ring():
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 32, xx - 32)
+    ring = np.where(radius < 8, 3, np.where(radius < 12, 2, 0)).astype(np.uint8)
+    mask = np.stack([ring, ring])  # two slices
+    assert mean_wall_thickness_mm(mask, SPACING) == pytest.approx(4 * 2.5, rel=0.1)
+
+
+def test_classifier_separates_clusters():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (30, 3)), rng.normal(5, 1, (30, 3))])
+    labels = np.array(["NOR"] * 30 + ["DCM"] * 30)
+    x[0, 1] = np.nan  # missing values are imputed
+    assert (SoftmaxClassifier().fit(x, labels).predict(x) == labels).mean() > 0.95
+    assert cross_validated_accuracy(x, labels) > 0.9
+
+
+def test_coherence_of_a_smooth_contracting_sequence():
+    n_frames, es = 10, 4
+    phase = cycle_phase(n_frames, es)
+    mask = np.zeros((n_frames, 6, 64, 64), np.uint8)
+    for t in range(n_frames):
+        half = 12 - round(8 * math.sin(math.pi * phase[t] / 200))  # smallest at phase 100
+        mask[t, 1:5, 32 - half - 2:32 + half + 2, 32 - half - 2:32 + half + 2] = 2
+        mask[t, 1:5, 32 - half:32 + half, 32 - half:32 + half] = 3
+    measures = subject_coherence(mask, label_volumes_ml(mask, SPACING), phase, SPACING)
+    assert measures["es_frame_error"] == 0 and measures["es_phase_error"] == 0
+    assert 0.5 < measures["frame_dice_LV"] <= 1.0
+    assert measures["smoothness_LV"] < 0.2
+    assert math.isnan(measures["smoothness_RV"]), "no RV at all"
+
+
+@pytest.fixture(scope="module")
+def toy_stores(tmp_path_factory) -> dict[str, str]:
+    """Cohort (vendors A and B, ED/ES labeled), held-out test store and synthetic store, tiny preset."""
+    root = tmp_path_factory.mktemp("stores")
+    return {"cohort": write_store(root / "cohort.zarr", n=12),
+            "test": write_store(root / "test.zarr", n=6, prefix="t"),
+            "synthetic": write_store(root / "syn.zarr", n=8, kind="synthetic", prefix="syn")}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def numbers(value) -> list:
+    """Every number in a JSON document."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def job_main():
+    """`main` of jobs/evaluate.py (the jobs folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_toy_evaluation_end_to_end(tmp_path, toy_stores, local_ray):
+    main = job_main()
+    out = tmp_path / "eval"
+    argv = ["--synthetic", toy_stores["synthetic"], "--cohort", toy_stores["cohort"], "--test", toy_stores["test"],
+            "--out", str(out), "--extractor-steps", "2", "--bootstrap", "50"]
+    downstream = ["--downstream", "--seeds", "1", "--steps", "2", "--batch-size", "2",
+                  "--arms", "real,augmented,synthetic,both"]
+    assert main(argv + downstream) == 0
+    text = (out / "report.json").read_text()
+    report = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in report.json"))
+    assert {"controllability", "coherence", "downstream"} <= set(report)
+    assert all(math.isfinite(n) for n in numbers(report))
+
+    control = report["controllability"]
+    assert set(control["targets"]) == {"edv_ml", "esv_ml", "ef_pct"}
+    assert -1 <= control["targets"]["edv_ml"]["overall"]["pearson_r"] <= 1
+    assert control["gate"]["gate_failed"] == 2  # subjects 0 and 5 of the synthetic builder
+    faith = control["diagnosis_faithfulness"]
+    assert 0 <= faith["accuracy"] <= 1 and np.sum(faith["confusion"]) == 8
+
+    fvd = report["coherence"]["fvd"]
+    assert fvd["metric"] == "FVD (cohort-trained extractor)"
+    assert fvd["real_vs_real"] >= 0 and fvd["real_vs_synthetic"] >= 0
+    masks = report["coherence"]["masks"]
+    assert masks["synthetic"]["n_subjects"] == 8 and masks["real"]["n_subjects"] == 0
+    assert 0 <= masks["synthetic"]["gate_pass_share"]["mean"] <= 1
+
+    down = report["downstream"]
+    assert set(down["arms"]) == {"real", "augmented", "synthetic", "both"}
+    for arm in down["arms"].values():
+        assert 0 <= arm["dice"]["mean"]["mean"] <= 1 and arm["hd95"]["mean"]["mean"] > 0
+        assert set(arm["per_vendor"]) == {"B"}
+    assert set(down["paired_differences"]) == {"synthetic - real", "synthetic - augmented"}
+    assert down["protocol"]["n_extra"] == 6  # six labeled vendor-A cohort subjects; six synthetic ones passed
+    assert "held-out test store" in down["protocol"]["test"]
+
+    markdown = (out / "report.md").read_text()
+    for heading in ("## Controllability", "## Temporal coherence and realism", "## Downstream cross-vendor"):
+        assert heading in markdown
+    for figure in re.findall(r"\]\(([^)]+\.png)\)", markdown):
+        assert (out / figure).is_file(), figure
+
+    assert main(argv) == 2, "a non-empty --out is refused"
+    assert main([*argv, "--overwrite"]) == 0, "--overwrite replaces an earlier evaluation"
+    assert "downstream" not in json.loads((out / "report.json").read_text())
+
+
+def test_fvd_with_a_torchscript_extractor(tmp_path, toy_stores):
+    import torch
+
+    from factory.evaluate.video import fvd
+    from factory.store.reader import open_store
+
+    class MeanPool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(3, 4)).flatten(1)
+
+    path = tmp_path / "extractor.pt"
+    torch.jit.script(MeanPool()).save(str(path))
+    result = fvd(open_store(toy_stores["cohort"]), open_store(toy_stores["synthetic"]), i3d=str(path))
+    assert result["metric"] == "FVD (TorchScript extractor)" and result["n_reference"] == 6
+    assert math.isfinite(result["real_vs_real"]) and math.isfinite(result["real_vs_synthetic"])
+
+
+def test_downstream_falls_back_to_the_cohort_and_says_so(toy_stores):
+    from factory.evaluate.downstream import held_out_set
+    from factory.store.reader import open_store
+
+    store, subjects, note = held_out_set(open_store(toy_stores["cohort"]), None, "A")
+    assert store.url == toy_stores["cohort"] and len(subjects) == 6
+    assert note.startswith("no --test store was given")
+
+
+def test_non_empty_output_is_refused(tmp_path):
+    from factory.evaluate.job import prepare_out
+
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        prepare_out(str(tmp_path), overwrite=True)
+    assert (tmp_path / "keep.txt").exists()
