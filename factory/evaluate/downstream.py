@@ -70,17 +70,17 @@ def labeled_subjects(store: Store, rows: pd.Index) -> list[PoolSubject]:
 
 
 def conventional_augmentation(seed: int):
-    """MONAI augmentation of {"image", "label"} (Z, H, W) frames: slices act as channels, so the in-plane
-    deformations are shared by every slice; intensities are augmented in [0, 1] and mapped back to [-1, 1]."""
+    """MONAI augmentation of {"image", "label"} (Z, H, W) frames. Slices act as channels, so in-plane deformations
+    are shared by every slice; the image is mapped to [0, 1] (padding = background) and back to [-1, 1]."""
     from monai.transforms import (Compose, Rand2DElasticd, RandAdjustContrastd, RandAffined, RandBiasFieldd,
                                   RandGaussianNoised, ScaleIntensityRanged)
 
     keys, modes = ("image", "label"), ("bilinear", "nearest")
     transform = Compose([
+        ScaleIntensityRanged("image", a_min=-1, a_max=1, b_min=0, b_max=1),
         RandAffined(keys, prob=0.8, rotate_range=np.pi / 12, scale_range=0.15, translate_range=(4, 4), mode=modes,
                     padding_mode="zeros"),
         Rand2DElasticd(keys, spacing=(16, 16), magnitude_range=(0.5, 2.0), prob=0.3, mode=modes, padding_mode="zeros"),
-        ScaleIntensityRanged("image", a_min=-1, a_max=1, b_min=0, b_max=1),
         RandBiasFieldd("image", coeff_range=(0.0, 0.3), prob=0.5),
         RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.5),
         RandGaussianNoised("image", std=0.03, prob=0.5),
@@ -243,6 +243,7 @@ def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None,
                                    " Rand2DElasticd, RandBiasFieldd, RandAdjustContrastd, RandGaussianNoised)",
                 "test": f"{note}: {len(test_subjects)} subjects, {len(frames)} labeled frames, vendors"
                         f" {sorted(set(experiment.test_vendors))}",
-                "hd95": "mm; a structure missing from the prediction scores the field-of-view diagonal",
+                "metrics": "Dice (higher is better) and HD95 in mm (lower is better) per structure, MONAI; a"
+                           " structure missing from the prediction scores the field-of-view diagonal as HD95",
                 "seeds": list(range(seed, seed + seeds)), "arms": {a: ARMS[a] for a in arms}},
             **summarize(results, experiment)}

@@ -56,12 +56,12 @@ def prepare_out(path: str, overwrite: bool) -> Path:
 def generator_provenance(synthetic: Store, cohort: Store) -> str:
     """Which data trained the generator of `synthetic`, as far as its bundle says, and whether it is `cohort`."""
     bundle = synthetic.attrs.get("bundle", {}).get("path")
+    if not bundle:
+        return "unknown (the synthetic store names no model bundle)"
     try:
-        trained = read_config(bundle)["training_data"] if bundle else None
+        trained = read_config(bundle)["training_data"]
     except FactoryError:
-        trained = None
-    if not trained:
-        return f"unknown (bundle {bundle!r} not readable here)"
+        return f"unknown (bundle {bundle} is not readable here)"
     same = trained.get("table_sha256") and trained.get("table_sha256") == training_fingerprint(cohort)["table_sha256"]
     return (f"{trained.get('n_subjects')} subjects of {trained.get('store')}"
             + (" (this cohort store: labeled and unlabeled subjects alike)" if same else " (not this cohort store)"))

@@ -98,7 +98,7 @@ def mask_rows(synthetic: dict, real: dict) -> list[list]:
               cell(real, "frame_to_frame_dice", s)] for s in STRUCTURES]
     rows += [[label, cell(synthetic, key), cell(real, key)] for key, label in (
         ("es_at_requested_frame_share", "share with ES (min LV volume) at the phase-100 frame"),
-        ("es_frame_abs_error", "|ES frame error| (frames)"), ("es_phase_error", "ES phase error (phase units)"),
+        ("es_frame_abs_error", "ES frame absolute error (frames)"), ("es_phase_error", "ES phase error (phase units)"),
         ("myo_volume_cv", "myocardial volume CV over the cycle"),
         ("gate_pass_share", "share of frames passing the gate"))]
     return rows

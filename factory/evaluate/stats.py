@@ -59,7 +59,11 @@ def mean_sd(values) -> dict[str, float]:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples), as in FID/FVD."""
+    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples), as in FID/FVD.
+
+    NaN when either set has fewer than two samples (no covariance)."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     root = linalg.sqrtm(cov_a @ cov_b)
