@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("factory.models.summary", "build a preset's models and print parameter counts and shapes"),
     "export": ("factory.export.cli", "export stores as per-subject 4D NIfTI or as an nnU-Net v2 raw dataset"),
     "preview": ("factory.preview.cli", "animated GIFs, montages and a dataset report (report.md) of a store"),
+    "evaluate": ("factory.evaluate.cli", "evaluate a synthetic store: controllability, coherence, downstream value"),
 }
 
 
