@@ -28,6 +28,7 @@ from factory.store.reader import Store, open_store
 ARMS: dict[str, str] = {"real": "real only", "augmented": "real + N augmented copies of real subjects",
                         "synthetic": "real + N synthetic subjects", "both": "real + N augmented copies + N synthetic"}
 PAIRED = (("synthetic", "real"), ("synthetic", "augmented"))
+METRICS = ("dice", "hd95")
 
 
 @dataclass(frozen=True)
@@ -156,35 +157,34 @@ def run_arm(experiment: Experiment, arm: str, seed: int) -> dict:
     return {"arm": arm, "seed": seed, **score(train(experiment, arm, seed), experiment)}
 
 
-def summarize(results: list[dict], experiment: Experiment) -> dict:
-    """Per arm: each seed's mean Dice / HD95 per structure, their mean +/- SD over seeds, per test vendor; and
-    the paired (same seed) differences synthetic - real and synthetic - augmented."""
-    vendors = np.array(experiment.test_vendors)
+def seed_summary(result: dict, vendors: np.ndarray) -> dict:
+    """One (arm, seed): each metric's mean over test frames per structure and over structures, and per vendor."""
+    def means(scores: np.ndarray, rows) -> dict[str, float]:
+        per_structure = np.nanmean(scores[rows], axis=0)
+        return {**dict(zip(STRUCTURES, per_structure.tolist())), "mean": float(np.nanmean(per_structure))}
 
-    def seed_means(scores: np.ndarray, rows=slice(None)) -> dict[str, float]:
-        means = np.nanmean(scores[rows], axis=0)
-        return {**dict(zip(STRUCTURES, means.tolist())), "mean": float(np.nanmean(means))}
+    per_vendor = {v: {m: means(result[m], vendors == v)["mean"] for m in METRICS} for v in sorted(set(vendors))}
+    return {**{m: means(result[m], slice(None)) for m in METRICS}, "per_vendor": per_vendor}
 
+
+def summarize(results: list[dict], vendors: np.ndarray) -> dict:
+    """Per arm: every seed's summary and their mean +/- SD over seeds; the paired (same seed) differences."""
     per_seed: dict[str, dict[int, dict]] = {}
-    for r in results:
-        per_seed.setdefault(r["arm"], {})[r["seed"]] = {
-            metric: seed_means(r[metric]) for metric in ("dice", "hd95")} | {
-            "per_vendor": {v: {metric: seed_means(r[metric], vendors == v)["mean"] for metric in ("dice", "hd95")}
-                           for v in sorted(set(vendors))}}
+    for result in results:
+        per_seed.setdefault(result["arm"], {})[result["seed"]] = seed_summary(result, vendors)
     keys = (*STRUCTURES, "mean")
-    arms = {arm: {"description": ARMS[arm], "seeds": [{"seed": s, **v} for s, v in sorted(seeds.items())],
-                  **{metric: {k: mean_sd([v[metric][k] for v in seeds.values()]) for k in keys}
-                     for metric in ("dice", "hd95")},
-                  "per_vendor": {vendor: {metric: mean_sd([v["per_vendor"][vendor][metric] for v in seeds.values()])
-                                          for metric in ("dice", "hd95")} for vendor in sorted(set(vendors))}}
-            for arm, seeds in per_seed.items()}
+    arms = {}
+    for arm, seeds in per_seed.items():
+        arms[arm] = {"description": ARMS[arm], "seeds": [{"seed": s, **v} for s, v in sorted(seeds.items())],
+                     **{m: {k: mean_sd([v[m][k] for v in seeds.values()]) for k in keys} for m in METRICS},
+                     "per_vendor": {vendor: {m: mean_sd([v["per_vendor"][vendor][m] for v in seeds.values()])
+                                             for m in METRICS} for vendor in sorted(set(vendors))}}
     paired = {}
     for a, b in PAIRED:
         if a in per_seed and b in per_seed:
             common = sorted(set(per_seed[a]) & set(per_seed[b]))
-            paired[f"{a} - {b}"] = {metric: {k: mean_sd([per_seed[a][s][metric][k] - per_seed[b][s][metric][k]
-                                                         for s in common]) for k in keys}
-                                    for metric in ("dice", "hd95")}
+            paired[f"{a} - {b}"] = {m: {k: mean_sd([per_seed[a][s][m][k] - per_seed[b][s][m][k] for s in common])
+                                        for k in keys} for m in METRICS}
     return {"arms": arms, "paired_differences": paired}
 
 
@@ -204,13 +204,9 @@ def held_out_set(cohort: Store, test: Store | None, train_vendor: str) -> tuple[
     return store, subjects, note
 
 
-def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None, *, train_vendor: str = "A",
-               arms: tuple[str, ...] = ("real", "augmented", "synthetic"), seeds: int = 3, steps: int = 300,
-               batch_size: int = 4, n_extra: int | None = None, seed: int = 0) -> dict:
-    """Run every arm x seed as Ray tasks and return the `downstream` report section."""
-    unknown = set(arms) - set(ARMS)
-    if unknown:
-        raise InputError(f"unknown downstream arms {sorted(unknown)}; choose from {list(ARMS)}")
+def plan_experiment(cohort_url: str, synthetic_url: str, test_url: str | None, train_vendor: str, steps: int,
+                    batch_size: int, n_extra: int | None, seed: int) -> tuple[Experiment, dict]:
+    """The training pools and test frames of the experiment, and the protocol that describes them."""
     cohort, synthetic = open_store(cohort_url), open_store(synthetic_url)
     table = cohort.table
     real = labeled_subjects(cohort, table.index[table["vendor"].astype(str) == train_vendor])
@@ -220,8 +216,6 @@ def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None,
     usable = syn_table.index[syn_table["status"] == "ok"] if "status" in syn_table else syn_table.index
     candidates = labeled_subjects(synthetic, usable)
     n = min(n_extra or len(real), len(candidates))
-    if n == 0 and {"synthetic", "augmented", "both"} & set(arms):
-        raise InputError(f"{synthetic_url}: no labeled synthetic subjects that passed the gate")
     chosen = np.sort(np.random.default_rng(seed).choice(len(candidates), size=n, replace=False))
     test_store, test_subjects, note = held_out_set(cohort, open_store(test_url) if test_url else None, train_vendor)
     vendors = test_store.table["vendor"].astype(str)
@@ -229,21 +223,36 @@ def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None,
     experiment = Experiment(real=tuple(real), synthetic=tuple(candidates[k] for k in chosen),
                             test_store=test_store.url, test_frames=tuple(frames),
                             test_vendors=tuple(vendors[i] for i, _ in frames), steps=steps, batch_size=batch_size)
+    protocol = {
+        "segmenter": f"3D MONAI UNet, channels {experiment.channels}, in-plane strides, Dice+CE loss, Adam"
+                     f" lr {experiment.lr} with polynomial decay, batch {batch_size}, {steps} steps per arm",
+        "train": f"{len(real)} labeled vendor-{train_vendor} subjects of the cohort store {cohort_url}"
+                 f" ({sum(len(s.frames) for s in real)} labeled frames)",
+        "n_extra": n,
+        "extra_synthetic": f"{n} synthetic subjects (status ok) of {synthetic_url}, all their labeled frames",
+        "extra_augmented": f"{n} augmented copies of the real training subjects (MONAI RandAffined, Rand2DElasticd,"
+                           " RandBiasFieldd, RandAdjustContrastd, RandGaussianNoised)",
+        "test": f"{note}: {len(test_subjects)} subjects, {len(frames)} labeled frames, vendors"
+                f" {sorted(set(experiment.test_vendors))}",
+        "metrics": "Dice (higher is better) and HD95 in mm (lower is better) per structure, MONAI; a structure"
+                   " missing from the prediction scores the field-of-view diagonal as HD95"}
+    return experiment, protocol
+
+
+def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None, *, train_vendor: str = "A",
+               arms: tuple[str, ...] = ("real", "augmented", "synthetic"), seeds: int = 3, steps: int = 300,
+               batch_size: int = 4, n_extra: int | None = None, seed: int = 0) -> dict:
+    """Run every arm x seed as Ray tasks and return the `downstream` report section."""
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise InputError(f"unknown downstream arms {sorted(unknown)}; choose from {list(ARMS)}")
+    experiment, protocol = plan_experiment(cohort_url, synthetic_url, test_url, train_vendor, steps, batch_size,
+                                           n_extra, seed)
+    if not experiment.synthetic and set(arms) - {"real"}:
+        raise InputError(f"{synthetic_url}: no labeled synthetic subjects that passed the gate")
     if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
-    results = ray.get([run_arm.remote(experiment, arm, s) for arm in arms for s in range(seed, seed + seeds)])
-    return {"protocol": {
-                "segmenter": f"3D MONAI UNet, channels {experiment.channels}, in-plane strides, Dice+CE loss, Adam"
-                             f" lr {experiment.lr} with polynomial decay, batch {batch_size}, {steps} steps per arm",
-                "train": f"{len(real)} labeled vendor-{train_vendor} subjects of the cohort store {cohort_url}"
-                         f" ({sum(len(s.frames) for s in real)} labeled frames)",
-                "n_extra": n, "extra_synthetic": f"{n} synthetic subjects (status ok) of {synthetic_url},"
-                                                 " all their labeled frames",
-                "extra_augmented": f"{n} augmented copies of the real training subjects (MONAI RandAffined,"
-                                   " Rand2DElasticd, RandBiasFieldd, RandAdjustContrastd, RandGaussianNoised)",
-                "test": f"{note}: {len(test_subjects)} subjects, {len(frames)} labeled frames, vendors"
-                        f" {sorted(set(experiment.test_vendors))}",
-                "metrics": "Dice (higher is better) and HD95 in mm (lower is better) per structure, MONAI; a"
-                           " structure missing from the prediction scores the field-of-view diagonal as HD95",
-                "seeds": list(range(seed, seed + seeds)), "arms": {a: ARMS[a] for a in arms}},
-            **summarize(results, experiment)}
+    seed_list = list(range(seed, seed + seeds))
+    results = ray.get([run_arm.remote(experiment, arm, s) for arm in arms for s in seed_list])
+    return {"protocol": {**protocol, "seeds": seed_list, "arms": {a: ARMS[a] for a in arms}},
+            **summarize(results, np.array(experiment.test_vendors))}
