@@ -8,8 +8,8 @@ import pandas as pd
 from factory.data.clinical import LV, MYO, measure
 from factory.store.reader import Store
 
-FEATURES: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_lv_ratio",
-                             "wall_thickness_mm")
+MEASURED: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "rv_edv_ml", "rv_esv_ml")
+FEATURES: tuple[str, ...] = (*MEASURED, "rv_lv_ratio", "wall_thickness_mm")
 
 
 def mean_wall_thickness_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
@@ -27,7 +27,7 @@ def subject_features(mask_ed: np.ndarray, mask_es: np.ndarray, spacing_mm: tuple
     """The FEATURES of one subject from its (Z, H, W) ED and ES masks."""
     values = measure(np.stack([mask_ed, mask_es]), spacing_mm, es_frame=1)
     edv = values["edv_ml"]
-    return {**{k: values[k] for k in FEATURES[:6]}, "rv_lv_ratio": values["rv_edv_ml"] / edv if edv else np.nan,
+    return {**{k: values[k] for k in MEASURED}, "rv_lv_ratio": values["rv_edv_ml"] / edv if edv else np.nan,
             "wall_thickness_mm": mean_wall_thickness_mm(mask_ed, spacing_mm)}
 
 

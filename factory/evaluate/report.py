@@ -36,6 +36,7 @@ def num(value, digits: int = 3) -> str:
 
 
 def with_ci(value, ci) -> str:
+    """`value [low, high]`."""
     return f"{num(value)} [{num(ci[0])}, {num(ci[1])}]"
 
 

@@ -44,19 +44,23 @@ def mid_slice_clip(store: Store, index: int, frames: int = CLIP_FRAMES) -> np.nd
 
 
 class ClipEncoder(nn.Module):
-    """A small 3D CNN over (B, 1, T, H, W) clips: `features` (B, width * 4) and diagnosis logits."""
+    """A small 3D CNN over (B, 1, T, H, W) clips: `features` (B, width * 4) and diagnosis logits.
+
+    Batch (not instance) normalisation: in eval mode it keeps each clip's contrast and brightness in
+    its features, which a realism distance must see."""
 
     def __init__(self, n_classes: int, width: int = 8) -> None:
         super().__init__()
         layers, channels = [], 1
         for k, stride in enumerate(((1, 2, 2), (2, 2, 2), (2, 2, 2))):
             layers += [nn.Conv3d(channels, width * 2 ** k, 3, stride=stride, padding=1),
-                       nn.InstanceNorm3d(width * 2 ** k, affine=True), nn.LeakyReLU(0.1)]
+                       nn.BatchNorm3d(width * 2 ** k), nn.LeakyReLU(0.1)]
             channels = width * 2 ** k
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten())
         self.head = nn.Linear(channels, n_classes)
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
+        """The pooled penultimate activations, the vectors the Fréchet distance compares."""
         return self.body(clips)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
