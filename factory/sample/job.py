@@ -149,8 +149,8 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
             ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
         groups = ray.data.from_items([{"rows": json.dumps(g)} for g in todo], override_num_blocks=len(todo))
         subjects = groups.map_batches(
-            SamplerActor, batch_size=1, concurrency=spec.workers, num_cpus=spec.cpus_per_worker,
-            num_gpus=spec.gpus_per_worker,
+            SamplerActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=spec.workers),
+            num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker,
             fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan})
         subjects.write_datasink(ZarrDatasink(spec.out), ray_remote_args={"num_cpus": 0.25})
     writer.finalize()

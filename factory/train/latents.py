@@ -133,7 +133,7 @@ def build_latent_store(bundle: str, cohort: str, latents: str, preset: Preset, *
     print(f"[latents] encoding {len(todo)} of {store.n_subjects} subjects with {actors} encoder actor(s)", flush=True)
     device = "cuda" if gpus_per_worker else "cpu"
     (ray.data.from_items([{"subject": int(i)} for i in todo])
-     .map_batches(LatentEncoder, batch_size=1, concurrency=actors, num_cpus=1,
+     .map_batches(LatentEncoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
                   num_gpus=gpus_per_worker, fn_constructor_kwargs={"bundle": bundle, "cohort": cohort,
                                                                    "latents": latents, "seed": seed,
                                                                    "device": device})

@@ -1,0 +1,56 @@
+"""`factory pack BUNDLE --out DIR`: a shippable copy of a trained bundle.
+
+Training leaves fp32 weights plus a `training/` folder (checkpoints, latent store, logs) in the
+bundle. The shipped demo bundle keeps only bundle.json and the weights, stored in fp16 to halve
+their size (models are built in fp32 and upcast on load, so generation is unchanged up to fp16
+rounding of the weights). Checksums in bundle.json are recomputed for the new files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from factory.bundle import BUNDLE_FILE, read_config, sha256_file, write_json_atomic
+from factory.errors import BundleError
+
+
+def pack_bundle(src: Path | str, out: Path | str, dtype: torch.dtype = torch.float16) -> dict:
+    """Write bundle.json and every stage's weights (floating tensors cast to `dtype`) into `out`."""
+    src, out = Path(src), Path(out)
+    config = read_config(src)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: already exists and is not empty; choose another --out or remove it")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stages = {}
+    for stage, entry in config["stages"].items():
+        tensors = load_file(str(src / entry["file"]))
+        packed = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(packed, str(tmp / entry["file"]), metadata={"stage": stage, "preset": config["preset"],
+                                                              "dtype": str(dtype).removeprefix("torch.")})
+        stages[stage] = entry | {"sha256": sha256_file(tmp / entry["file"])}
+    write_json_atomic(tmp / BUNDLE_FILE, config | {"stages": stages})
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)  # the bundle appears complete or not at all
+    return read_config(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", help="trained bundle directory (jobs/train.py --out)")
+    parser.add_argument("--out", required=True, help="new directory for the packed bundle")
+    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                        help="storage precision of the weights (default float16)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = pack_bundle(args.bundle, args.out, getattr(torch, args.dtype))
+    size = sum(p.stat().st_size for p in Path(args.out).iterdir())
+    print(f"packed {sorted(config['stages'])} into {args.out} ({size / 1e6:.1f} MB, {args.dtype})")
+    return 0
