@@ -28,10 +28,13 @@ test: $(STAMP)
 DEMO_N ?= 32
 RAY_PORT ?= 6391
 DASH_PORT ?= 8266
+# Not Ray's default 52365: a head started beside another Ray instance would get no job agent.
+AGENT_PORT ?= 52366
 demo: $(STAMP)
 	@mkdir -p $(OUT)
 	@set -e; export PATH="$(abspath $(BIN)):$$PATH"; \
 	setsid ray start --head --block --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASH_PORT) \
+	    --dashboard-agent-listen-port=$(AGENT_PORT) \
 	    --disable-usage-stats >$(OUT)/ray-head.log 2>&1 & head=$$!; \
 	trap 'kill -- -$$head 2>/dev/null; wait $$head 2>/dev/null' EXIT; \
 	id=demo-$$$$; addr=http://127.0.0.1:$(DASH_PORT); \

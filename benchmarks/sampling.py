@@ -15,10 +15,10 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from factory.bundle import load_bundle
+from factory.evaluate.stats import pearson
 from factory.presets import get_preset
 from factory.sample.job import DEMO_BUNDLE
 from factory.sample.pipeline import CinePipeline, SamplerSettings
@@ -39,10 +39,8 @@ def run_arm(bundle, plan, settings: SamplerSettings, batch: int, device: str) ->
               "frames_per_call": settings.frames_per_call, "subjects": len(plan),
               "seconds": round(seconds, 2), "subjects_per_s": round(len(plan) / seconds, 4)}
     for name in ("edv_ml", "esv_ml", "ef_pct"):
-        requested = np.array([r[f"requested_{name}"] for r in rows])
-        measured = np.array([r[name] for r in rows])
-        ok = np.isfinite(measured)
-        result[f"r_{name}"] = round(float(np.corrcoef(requested[ok], measured[ok])[0, 1]), 3) if ok.sum() > 2 else None
+        r, _ = pearson([row[f"requested_{name}"] for row in rows], [row[name] for row in rows])
+        result[f"r_{name}"] = round(r, 3)
     result["gate_failures"] = sum(r["status"] != "ok" for r in rows)
     return result
 

@@ -90,11 +90,16 @@ def assert_same_store(a: str, b: str) -> None:
 
 @ray_job_test
 def test_ray_job_submit_on_a_local_head(tmp_path, bundle):
-    port, dashboard = free_port(), free_port()
+    dashboard = free_port()
     out = tmp_path / "syn.zarr"
+    # Every port of the head is a free one: with Ray's fixed defaults (e.g. the dashboard agent's
+    # 52365) a head started beside another Ray instance never gets a job agent ("No available agent").
+    ports = [f"--{name}={free_port()}" for name in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                    "metrics-export-port", "runtime-env-agent-port",
+                                                    "node-manager-port", "object-manager-port")]
     # --block keeps the head in this process group, so the test stops exactly this cluster (not
     # every Ray instance on the machine, as `ray stop` would).
-    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+    head = subprocess.Popen([BIN / "ray", "start", "--head", "--block", *ports, "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats"],
                             env=env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
@@ -178,7 +183,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bundle):
     assert other.returncode == 2 and "sampler settings" in other.stderr
 
 
-@pytest.mark.skipif(not (DEMO_BUNDLE / "bundle.json").exists(), reason="no demo bundle shipped in this checkout")
 def test_demo_bundle_is_small_and_loads():
     from factory.bundle import load_bundle
 

@@ -231,3 +231,20 @@ def test_pickled_weights_are_never_loaded(bundle_dir, tmp_path):
     with pytest.raises(BundleError, match="pickled weights are never loaded"):
         load_bundle(bundle_dir)
     assert not marker.exists()
+
+
+def test_pack_halves_the_weights_and_keeps_the_models(bundle_dir, tmp_path):
+    from factory.pack import pack_bundle
+
+    (bundle_dir / "training").mkdir()
+    (bundle_dir / "training" / "checkpoint.bin").write_bytes(b"x" * 1000)
+    packed = tmp_path / "packed"
+    pack_bundle(bundle_dir, packed)
+    assert sorted(p.name for p in packed.iterdir()) == sorted(p.name for p in bundle_dir.iterdir() if p.is_file())
+    for stage in STAGES:
+        assert (packed / f"{stage}.safetensors").stat().st_size < 0.6 * (bundle_dir / f"{stage}.safetensors").stat().st_size
+    original, half = load_bundle(bundle_dir, stages=("vae",)), load_bundle(packed, stages=("vae",))
+    for (name, a), b in zip(original.vae.state_dict().items(), half.vae.state_dict().values()):
+        assert b.dtype == a.dtype and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
+    with pytest.raises(BundleError, match="already exists"):
+        pack_bundle(bundle_dir, packed)
