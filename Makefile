@@ -25,7 +25,8 @@ test: $(STAMP)
 
 # The demo: a local Ray head (job server on 127.0.0.1, Python from .venv), the generation job submitted
 # to it on the shipped demo bundle, then previews and a report of the synthetic store.
-DEMO_N ?= 32
+DEMO_N ?= 10
+DEMO_WORKERS ?= 2
 RAY_PORT ?= 6391
 DASH_PORT ?= 8266
 # Not Ray's default 52365: a head started beside another Ray instance would get no job agent.
@@ -40,7 +41,7 @@ demo: $(STAMP)
 	id=demo-$$$$; addr=http://127.0.0.1:$(DASH_PORT); \
 	for i in $$(seq 60); do \
 	    ray job submit --address $$addr --submission-id $$id --no-wait --working-dir . -- \
-	        python jobs/generate.py --n $(DEMO_N) --balance diagnosis --out $(abspath $(OUT))/synthetic.zarr \
+	        python jobs/generate.py --n $(DEMO_N) --workers $(DEMO_WORKERS) --balance diagnosis --out $(abspath $(OUT))/synthetic.zarr \
 	        --overwrite >$(OUT)/submit.log 2>&1 && break; sleep 3; \
 	done; \
 	ray job logs --address $$addr --follow $$id || true; \

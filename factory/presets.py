@@ -59,8 +59,8 @@ class DiffusionConfig:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.0015
     beta_end: float = 0.0205
-    prediction_type: str = "epsilon"
-    sample_steps: int = 30
+    prediction_type: str = "v_prediction"  # bounded x0 error at the terminal timestep, unlike epsilon
+    sample_steps: int = 15
     guidance_scale: float = 3.0
 
 

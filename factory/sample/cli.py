@@ -26,8 +26,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, help="frames per cycle for every subject (default: drawn)")
     parser.add_argument("--seed", type=int, default=0, help="plan seed (every row derives its own)")
     parser.add_argument("--preset", default="tiny", help="preset the plan must fit (jobs take it from the bundle)")
-    parser.add_argument("--scheduler", choices=SAMPLERS, default="ddim", help="diffusion sampler")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps per diffusion stage")
+    parser.add_argument("--scheduler", choices=SAMPLERS, default="dpm++", help="diffusion sampler")
+    parser.add_argument("--steps", type=int, default=15, help="denoising steps per diffusion stage")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--gate-attempts", type=int, default=4, help="anatomy resampling bound of the quality gate")
 

@@ -152,7 +152,9 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
             SamplerActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=spec.workers),
             num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker,
             fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan})
-        subjects.write_datasink(ZarrDatasink(spec.out), ray_remote_args={"num_cpus": 0.25})
+        # Writes reserve no CPU: with a logical CPU each, they would wait behind sampler actors that hold
+        # every CPU of a small node, and subjects would pile up in the object store until the end.
+        subjects.write_datasink(ZarrDatasink(spec.out), ray_remote_args={"num_cpus": 0})
     writer.finalize()
     return summarize(spec.out, sum(len(g) for g in todo), time.perf_counter() - start)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 STAGES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
 
-# Per preset and stage: steps, per-worker batch size, learning rate. The tiny numbers are sized so that
-# `--stage all --workers 2` on a ~100-subject phantom cohort finishes within an hour on 2 CPU cores
-# (measured step rates: see the report of issue 3); the paper numbers are a starting point for a GPU.
+# Per preset and stage: steps, per-worker batch size, learning rate. The tiny numbers are sized for
+# `--stage all --workers 2` on a ~150-subject phantom cohort on 2 CPU cores: measured 62 min end to end
+# (VAE 31 min of it, while other work shared the CPU; README "The demo bundle"); the paper numbers are a
+# starting point for a GPU.
 DEFAULTS: dict[str, dict[str, dict]] = {
     "tiny": {
         "vae": {"steps": 500, "batch_size": 4, "lr": 1e-3},
