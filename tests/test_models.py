@@ -160,7 +160,7 @@ def test_clinical_normalizer_round_trip() -> None:
 
 @pytest.mark.parametrize("kind", ["ddim", "dpm++"])
 def test_sampler_recovers_x0_with_an_oracle(kind: str) -> None:
-    """add_noise then `steps` sampler steps with the exact noise prediction give back x0."""
+    """add_noise then `steps` sampler steps with the exact prediction (noise or velocity) give back x0."""
     cfg = TINY.diffusion
     torch.manual_seed(0)
     x0 = torch.randn(B, *LATENT)
@@ -178,7 +178,8 @@ def test_sampler_recovers_x0_with_an_oracle(kind: str) -> None:
     for step in sampler.timesteps:
         a = sampler.alphas_cumprod[step]
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        x = sampler.step(eps, step, x).prev_sample
+        oracle = a.sqrt() * eps - (1 - a).sqrt() * x0 if cfg.prediction_type == "v_prediction" else eps
+        x = sampler.step(oracle, step, x).prev_sample
     assert torch.allclose(x, x0, atol=1e-4)
     with pytest.raises(ValueError, match="unknown sampler"):
         sampling_scheduler(cfg, "euler")
