@@ -45,8 +45,8 @@ demo: $(STAMP)
 	        --overwrite >$(OUT)/submit.log 2>&1 && break; sleep 3; \
 	done; \
 	ray job logs --address $$addr --follow $$id || true; \
-	until ray job status --address $$addr $$id 2>&1 | grep -qE "SUCCEEDED|FAILED|STOPPED"; do sleep 3; done; \
-	ray job status --address $$addr $$id 2>&1 | grep -q SUCCEEDED || { echo "generation job failed"; exit 1; }; \
+	until ray job status --address $$addr $$id 2>&1 | grep -qiE "succeeded|failed|stopped"; do sleep 3; done; \
+	ray job status --address $$addr $$id 2>&1 | grep -qi succeeded || { echo "generation job failed"; exit 1; }; \
 	factory verify $(OUT)/synthetic.zarr; \
 	factory preview $(OUT)/synthetic.zarr --out $(OUT)/preview; \
 	echo; echo "demo finished:"; \
