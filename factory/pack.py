@@ -3,7 +3,8 @@
 Training leaves fp32 weights plus a `training/` folder (checkpoints, latent store, logs) in the
 bundle. The shipped demo bundle keeps only bundle.json and the weights, stored in fp16 to halve
 their size (models are built in fp32 and upcast on load, so generation is unchanged up to fp16
-rounding of the weights). Checksums in bundle.json are recomputed for the new files.
+rounding of the weights). Checksums in bundle.json are recomputed for the new files, and a local
+training-store path is reduced to the store's name (a shipped file names no directory of the build machine).
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def pack_bundle(src: Path | str, out: Path | str, dtype: torch.dtype = torch.flo
         save_file(packed, str(tmp / entry["file"]), metadata={"stage": stage, "preset": config["preset"],
                                                               "dtype": str(dtype).removeprefix("torch.")})
         stages[stage] = entry | {"sha256": sha256_file(tmp / entry["file"])}
-    write_json_atomic(tmp / BUNDLE_FILE, config | {"stages": stages})
+    training = dict(config.get("training_data") or {})
+    if "://" not in str(training.get("store", "://")):  # a local path: keep the store's name, not this machine's layout
+        training["store"] = Path(training["store"]).name
+    write_json_atomic(tmp / BUNDLE_FILE, config | {"stages": stages, "training_data": training})
     if out.exists():
         out.rmdir()
     tmp.rename(out)  # the bundle appears complete or not at all
