@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -40,7 +41,7 @@ def run_arm(bundle, plan, settings: SamplerSettings, batch: int, device: str) ->
               "seconds": round(seconds, 2), "subjects_per_s": round(len(plan) / seconds, 4)}
     for name in ("edv_ml", "esv_ml", "ef_pct"):
         r, _ = pearson([row[f"requested_{name}"] for row in rows], [row[name] for row in rows])
-        result[f"r_{name}"] = round(r, 3)
+        result[f"r_{name}"] = round(r, 3) if math.isfinite(r) else None  # undefined for the 2-subject arms
     result["gate_failures"] = sum(r["status"] != "ok" for r in rows)
     return result
 
