@@ -13,6 +13,7 @@ tasks of one CPU each.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -157,6 +158,17 @@ def run_arm(experiment: Experiment, arm: str, seed: int) -> dict:
     return {"arm": arm, "seed": seed, **score(train(experiment, arm, seed), experiment)}
 
 
+def gather_with_progress(refs: list[ray.ObjectRef]) -> list[dict]:
+    """ray.get in submission order, printing a line as each (arm, seed) finishes (runs take minutes each)."""
+    start, pending, done = time.monotonic(), list(refs), {}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        done[ready[0]] = result = ray.get(ready[0])
+        print(f"[downstream] arm {result['arm']} seed {result['seed']} done ({len(done)}/{len(refs)}, "
+              f"{(time.monotonic() - start) / 60:.1f} min)", flush=True)
+    return [done[ref] for ref in refs]
+
+
 def seed_summary(result: dict, vendors: np.ndarray) -> dict:
     """One (arm, seed): each metric's mean over test frames per structure and over structures, and per vendor."""
     def means(scores: np.ndarray, rows) -> dict[str, float]:
@@ -253,6 +265,6 @@ def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None,
     if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
     seed_list = list(range(seed, seed + seeds))
-    results = ray.get([run_arm.remote(experiment, arm, s) for arm in arms for s in seed_list])
+    results = gather_with_progress([run_arm.remote(experiment, arm, s) for arm in arms for s in seed_list])
     return {"protocol": {**protocol, "seeds": seed_list, "arms": {a: ARMS[a] for a in arms}},
             **summarize(results, np.array(experiment.test_vendors))}
