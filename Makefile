@@ -37,7 +37,7 @@ demo: $(STAMP)
 	setsid ray start --head --block --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASH_PORT) \
 	    --dashboard-agent-listen-port=$(AGENT_PORT) \
 	    --disable-usage-stats >$(OUT)/ray-head.log 2>&1 & head=$$!; \
-	trap 'kill -- -$$head 2>/dev/null; wait $$head 2>/dev/null' EXIT; \
+	trap 'st=$$?; set +e; kill -- -$$head 2>/dev/null; wait $$head 2>/dev/null; exit $$st' EXIT; \
 	id=demo-$$$$; addr=http://127.0.0.1:$(DASH_PORT); \
 	for i in $$(seq 60); do \
 	    ray job submit --address $$addr --submission-id $$id --no-wait --working-dir . -- \
