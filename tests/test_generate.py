@@ -139,6 +139,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path, bundle):
     for column in ("requested_edv_ml", "requested_esv_ml", "requested_ef_pct", "edv_ml", "esv_ml", "ef_pct"):
         assert table[column].notna().all(), column
     assert (table["gate_attempts"] >= 1).all() and set(table["status"]) <= {"ok", "gate_failed"}
+    assert ((table["status"] == "gate_failed") == (table["gate_reasons"] != "")).all(), "failures say why"
     assert (store.group["phase"][:, 0] == 0).all(), "frame 0 of every subject is ED"
     assert store.attrs["sampler"]["steps"] == 2 and len(store.attrs["bundle"]["sha256"]) == 64
 

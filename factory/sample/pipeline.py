@@ -77,9 +77,9 @@ class CinePipeline:
         """Generate one subject per plan row (columns of factory.sample.plan.PLAN_COLUMNS)."""
         rows = rows.reset_index(drop=True)
         cond = self.conditions(rows)
-        z_ed, attempts, passed = self.sample_anatomy(rows, cond)
+        z_ed, attempts, reasons = self.sample_anatomy(rows, cond)
         residuals = self.sample_motion(rows, cond, z_ed)
-        return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), bool(passed[i]))
+        return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), reasons[i])
                 for i, row in enumerate(rows.itertuples(index=False))]
 
     def conditions(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
@@ -123,11 +123,15 @@ class CinePipeline:
         return self.vae.decode_mask_logits(z).argmax(1).to(torch.uint8).cpu().numpy()
 
     def sample_anatomy(self, rows: pd.DataFrame, cond: dict[str, torch.Tensor]):
-        """ED latents that pass the anatomical gate; failing rows are resampled with new seeds, bounded."""
+        """ED latents that pass the anatomical gate; failing rows are resampled with new seeds, bounded.
+
+        Returns the latents, the attempts per row and, per row, the gate's reasons for rejecting its
+        last attempt (an empty list when the row passed).
+        """
         n = len(rows)
         z_ed = torch.zeros((n, *self.preset.latent_shape), device=self.device)
         attempts = np.zeros(n, int)
-        passed = np.zeros(n, bool)
+        reasons: list[list[str]] = [[] for _ in range(n)]
         pending = np.arange(n)
         slice_masks = cond["slice_mask"].cpu().numpy()
         for attempt in range(self.settings.max_gate_attempts):
@@ -137,12 +141,12 @@ class CinePipeline:
             masks = self.decode_masks(z)
             z_ed[pending] = z
             attempts[pending] = attempt + 1
-            ok = np.array([check_ed_mask(m, self.spacing, slice_masks[i]).passed for m, i in zip(masks, pending)])
-            passed[pending[ok]] = True
-            pending = pending[~ok]
+            for m, i in zip(masks, pending):
+                reasons[i] = check_ed_mask(m, self.spacing, slice_masks[i]).reasons
+            pending = np.array([i for i in pending if reasons[i]], int)
             if not len(pending):
                 break
-        return z_ed, attempts, passed
+        return z_ed, attempts, reasons
 
     def sample_motion(self, rows: pd.DataFrame, cond: dict[str, torch.Tensor],
                       z_ed: torch.Tensor) -> list[torch.Tensor]:
@@ -166,7 +170,8 @@ class CinePipeline:
                 residuals[i][t] = r_t / self.residual_scale
         return residuals
 
-    def assemble(self, row, z_ed: torch.Tensor, residual: torch.Tensor, attempts: int, passed: bool) -> Generated:
+    def assemble(self, row, z_ed: torch.Tensor, residual: torch.Tensor, attempts: int,
+                 gate_reasons: list[str]) -> Generated:
         """Decode every frame (z_t = z_ED + r_t), measure the masks, build the subject and its row."""
         z = z_ed[None] + residual
         images, masks = [], []
@@ -188,6 +193,7 @@ class CinePipeline:
             "plan_row": int(row.plan_row), "seed": int(row.seed),
             "requested_edv_ml": float(row.edv_ml), "requested_esv_ml": float(row.esv_ml),
             "requested_ef_pct": float(row.ef_pct), "requested_n_slices": int(row.n_slices),
-            "gate_attempts": attempts, "status": "ok" if passed else "gate_failed",
+            "gate_attempts": attempts, "status": "gate_failed" if gate_reasons else "ok",
+            "gate_reasons": "; ".join(gate_reasons),
         }
         return Generated(subject, table_row)

@@ -8,13 +8,13 @@ from pathlib import Path
 STAGES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
 
 # Per preset and stage: steps, per-worker batch size, learning rate. The tiny numbers are sized for
-# `--stage all --workers 2` on a ~150-subject phantom cohort on 2 CPU cores: measured 62 min end to end
-# (VAE 31 min of it, while other work shared the CPU; README "The demo bundle"); the paper numbers are a
-# starting point for a GPU.
+# `--stage all --workers 2` on a ~150-subject phantom cohort on 2 CPU cores to finish within an hour:
+# the VAE runs at ~0.28 steps/s there, the teacher ~0.38, the LDMs ~1 (README "The demo bundle"). The
+# paper numbers are a starting point for a GPU.
 DEFAULTS: dict[str, dict[str, dict]] = {
     "tiny": {
-        "vae": {"steps": 500, "batch_size": 4, "lr": 1e-3},
-        "teacher": {"steps": 120, "batch_size": 4, "lr": 1e-3},
+        "vae": {"steps": 440, "batch_size": 4, "lr": 1e-3},
+        "teacher": {"steps": 100, "batch_size": 4, "lr": 1e-3},
         "anatomy": {"steps": 600, "batch_size": 8, "lr": 5e-4},
         "motion": {"steps": 600, "batch_size": 8, "lr": 5e-4},
     },
