@@ -96,6 +96,7 @@ class CinePipeline:
                           .to(self.device),
         }
 
+    @torch.no_grad()
     def denoise(self, model: Callable[..., torch.Tensor], noise: torch.Tensor, cond: dict[str, torch.Tensor],
                 **extra: torch.Tensor) -> torch.Tensor:
         """Reverse diffusion with classifier-free guidance (conditional and null branch in one batch)."""
@@ -119,6 +120,7 @@ class CinePipeline:
         return torch.stack([torch.randn(shape, generator=row_generator(s, stream, torch.device("cpu")))
                             for s in seeds]).to(self.device)
 
+    @torch.no_grad()
     def decode_masks(self, z: torch.Tensor) -> np.ndarray:
         return self.vae.decode_mask_logits(z).argmax(1).to(torch.uint8).cpu().numpy()
 
@@ -170,6 +172,7 @@ class CinePipeline:
                 residuals[i][t] = r_t / self.residual_scale
         return residuals
 
+    @torch.no_grad()
     def assemble(self, row, z_ed: torch.Tensor, residual: torch.Tensor, attempts: int,
                  gate_reasons: list[str]) -> Generated:
         """Decode every frame (z_t = z_ED + r_t), measure the masks, build the subject and its row."""
