@@ -108,6 +108,9 @@ def read_config(path: Path | str) -> dict:
     name = config.get("preset")
     if name not in PRESETS:
         raise BundleError(f"{config_path}: unknown preset {name!r}; this code knows {sorted(PRESETS)}")
+    if config.get("diagnoses") != list(DIAGNOSES):
+        raise BundleError(f"{config_path}: diagnosis vocabulary {config.get('diagnoses')!r} differs from this"
+                          f" code's {list(DIAGNOSES)} (the models' diagnosis embeddings would be misread)")
     stored, current = config.get("preset_config", {}), PRESETS[name].to_dict()
     for stage in config.get("stages", {}):
         differences = [d for key in PRESET_FIELDS.get(stage, ())
@@ -174,6 +177,39 @@ def check_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], path: 
         raise BundleError(f"{path}: weights do not fit preset {preset!r}: {'; '.join(p for p in parts if p)}")
 
 
+def stage_weights(path: Path, config: dict, stage: str) -> dict[str, torch.Tensor]:
+    """The checked tensors of one stage: safetensors, the checksum bundle.json records, the preset's keys and shapes."""
+    from factory.models.build import build_model  # torch/monai models: imported only when loading
+
+    entry = config["stages"][stage]
+    weights_path = path / entry.get("file", f"{stage}.safetensors")
+    tensors = read_weights(weights_path, stage, entry.get("sha256"))
+    with torch.device("meta"):
+        check_state_dict(build_model(PRESETS[config["preset"]], stage), tensors, weights_path, config["preset"])
+    return tensors
+
+
+def wanted_stages(path: Path, config: dict, stages: tuple[str, ...] | None) -> tuple[str, ...]:
+    """`stages`, or every stage bundle.json lists; refuses a stage the bundle was never trained with."""
+    wanted = stages if stages is not None else tuple(s for s in STAGES if s in config["stages"])
+    absent = [s for s in wanted if s not in config["stages"]]
+    if absent:
+        raise BundleError(f"{path / BUNDLE_FILE}: stage(s) {absent} were never trained into this bundle")
+    return wanted
+
+
+def verify_bundle(path: Path | str, stages: tuple[str, ...] = STAGES) -> dict:
+    """Check a bundle completely without building its models (config, every weight file); returns bundle.json.
+
+    Cheap enough for a job's driver to run before it starts workers that would each load the bundle.
+    """
+    path = Path(path)
+    config = read_config(path)
+    for stage in wanted_stages(path, config, stages):
+        stage_weights(path, config, stage)
+    return config
+
+
 def load_bundle(path: Path | str, device: str | torch.device = "cpu", stages: tuple[str, ...] | None = None,
                 preset: str | None = None) -> Bundle:
     """Load and validate a bundle: the stages listed in bundle.json (or `stages`), models in eval mode.
@@ -186,18 +222,10 @@ def load_bundle(path: Path | str, device: str | torch.device = "cpu", stages: tu
     config = read_config(path)
     if preset is not None and config["preset"] != preset:
         raise BundleError(f"{path / BUNDLE_FILE}: bundle is for preset {config['preset']!r}, expected {preset!r}")
-    wanted = stages if stages is not None else tuple(s for s in STAGES if s in config["stages"])
-    absent = [s for s in wanted if s not in config["stages"]]
-    if absent:
-        raise BundleError(f"{path / BUNDLE_FILE}: stage(s) {absent} were never trained into this bundle")
     preset_obj = PRESETS[config["preset"]]
     models = {}
-    for stage in wanted:
-        entry = config["stages"][stage]
-        weights_path = path / entry.get("file", f"{stage}.safetensors")
-        tensors = read_weights(weights_path, stage, entry.get("sha256"))
-        with torch.device("meta"):
-            check_state_dict(build_model(preset_obj, stage), tensors, weights_path, config["preset"])
+    for stage in wanted_stages(path, config, stages):
+        tensors = stage_weights(path, config, stage)
         with torch.device(device):
             module = build_model(preset_obj, stage)
         module.load_state_dict(tensors)

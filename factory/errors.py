@@ -1,5 +1,10 @@
 """User-facing errors: each names the file or value at fault and what is wrong with it."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class FactoryError(Exception):
     """Base of every error that the CLI and jobs print as one line and exit non-zero on."""
@@ -15,3 +20,30 @@ class StoreError(FactoryError):
 
 class BundleError(FactoryError):
     """A model bundle is missing weights, was built for another preset, or is not safetensors."""
+
+
+def factory_cause(err: BaseException | None) -> FactoryError | None:
+    """The FactoryError behind `err` along Ray's `cause` attribute and Python's exception chain, if any.
+
+    Ray re-raises a worker's exception as a RayTaskError subclass of it whose text holds the remote
+    traceback; the original, with its one-line message, is its `cause`.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, FactoryError) and type(err).__module__ == __name__:
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def unwrapped() -> Iterator[None]:
+    """Re-raise a FactoryError that Ray wrapped (task, actor, Ray Data and Ray Train errors) as itself."""
+    try:
+        yield
+    except Exception as err:
+        cause = factory_cause(err)
+        if cause is None or cause is err:
+            raise
+        raise cause from None

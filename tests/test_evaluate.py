@@ -147,6 +147,7 @@ def job_main():
     return module.main
 
 
+@pytest.mark.slow
 def test_toy_evaluation_end_to_end(tmp_path, toy_stores, local_ray):
     main = job_main()
     out = tmp_path / "eval"
@@ -221,15 +222,22 @@ def test_downstream_falls_back_to_the_cohort_and_says_so(toy_stores):
 
 
 def test_output_directory_rules(tmp_path):
-    from factory.evaluate.job import prepare_out
+    from factory.evaluate.job import KIND
+    from factory.outputs import check_output, replacing
 
     (tmp_path / "keep.txt").write_text("x")
-    with pytest.raises(StoreError, match="not empty"):
-        prepare_out(str(tmp_path), overwrite=True)
+    with pytest.raises(StoreError, match="only replaces an earlier evaluation"):
+        check_output(str(tmp_path), overwrite=True, accept=(KIND,))
     assert (tmp_path / "keep.txt").exists(), "--overwrite replaces only an earlier evaluation"
     earlier = tmp_path / "eval"
-    earlier.mkdir()
-    (earlier / "report.json").write_text("{}")
+    with replacing(earlier, KIND, overwrite=False) as staging:
+        (staging / "report.json").write_text("{}")
     with pytest.raises(StoreError, match="--overwrite"):
-        prepare_out(str(earlier), overwrite=False)
-    assert prepare_out(str(earlier), overwrite=True) == earlier and not any(earlier.iterdir())
+        check_output(str(earlier), overwrite=False, accept=(KIND,))
+    with pytest.raises(RuntimeError), replacing(earlier, KIND, overwrite=True) as staging:
+        raise RuntimeError("evaluation failed half-way")
+    assert (earlier / "report.json").read_text() == "{}", "a failed evaluation leaves the earlier one as it was"
+    with replacing(earlier, KIND, overwrite=True) as staging:
+        (staging / "report.md").write_text("# new")
+    assert sorted(p.name for p in earlier.iterdir()) == [".cine-factory.json", "report.md"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder left behind"

@@ -15,6 +15,7 @@ from factory.errors import StoreError
 from factory.export.nifti import export_nifti
 from factory.export.nnunet import export_nnunet
 from factory.store.reader import open_store
+from factory.store.verify import verify_store
 
 from store_builders import write_store
 
@@ -87,14 +88,36 @@ def test_existing_output_and_missing_store_are_refused(stores, tmp_path):
         export_nifti([cohort], out)
     assert main(["export", cohort, "--format", "nifti", "--out", str(out)]) == 2
     assert (out / "keep.txt").exists()
-    export_nifti([cohort], out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "metadata.csv").exists()
+    with pytest.raises(StoreError, match="did not write"):  # --overwrite never deletes a user's folder
+        export_nifti([cohort], out, overwrite=True)
+    assert (out / "keep.txt").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     export_nifti([cohort], empty)  # an existing empty folder is fine
+    export_nifti([cohort], empty, overwrite=True)  # and an earlier export may be replaced
+    assert (empty / "metadata.csv").exists()
     with pytest.raises(StoreError, match="missing.zarr"):
         export_nnunet([str(tmp_path / "missing.zarr")], tmp_path / "nn")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "taken"], "no partial output left behind"
+
+
+@pytest.mark.parametrize("where", ["itself", "inside", "around"])
+def test_export_onto_its_own_input_is_refused(stores, where):
+    cohort, synthetic = stores
+    out = {"itself": cohort, "inside": f"{cohort}/nifti", "around": str(Path(cohort).parent)}[where]
+    before = sorted(p.relative_to(cohort) for p in Path(cohort).rglob("*"))
+    assert main(["export", cohort, synthetic, "--format", "nifti", "--out", out, "--overwrite"]) == 2
+    assert sorted(p.relative_to(cohort) for p in Path(cohort).rglob("*")) == before, "the input store is intact"
+    assert verify_store(cohort) == []
+
+
+def test_export_refuses_a_store_whose_table_was_altered(tmp_path):
+    cohort = write_store(tmp_path / "cohort.zarr", n=2)
+    with open(Path(cohort) / "metadata.parquet", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(StoreError, match="checksum differs"):
+        export_nifti([cohort], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_incomplete_store_is_refused(tmp_path):

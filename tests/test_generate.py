@@ -8,6 +8,7 @@ tiny-preset weights with 2 denoising steps and a single gate attempt.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +21,15 @@ import pandas as pd
 import pytest
 import zarr
 
-from factory.sample.job import DEMO_BUNDLE
+from factory.errors import BundleError, StoreError, unwrapped
+from factory.presets import get_preset
+from factory.sample.job import DEMO_BUNDLE, RunSpec, generate
+from factory.sample.pipeline import SamplerSettings
+from factory.sample.plan import make_plan
 from factory.store.reader import open_store
 from factory.store.verify import verify_store
+
+from store_builders import write_store
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -83,6 +90,7 @@ def assert_same_store(a: str, b: str) -> None:
     pd.testing.assert_frame_equal(open_store(a).table, open_store(b).table)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_on_a_local_head(tmp_path, bundle):
     dashboard = free_port()
     out = tmp_path / "syn.zarr"
@@ -145,16 +153,67 @@ def test_existing_store_is_refused_without_resume(tmp_path, bundle):
     run = subprocess.run(generate_cmd(bundle, out), env=env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "already exists" in run.stderr
     assert (out / "something").exists()
+    run = subprocess.run(generate_cmd(bundle, out, "--overwrite"), env=env(), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2 and "did not write" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert (out / "something").exists(), "--overwrite never deletes a folder that is not a store"
 
 
+def spec_for(bundle: Path | str, out: Path | str) -> RunSpec:
+    return RunSpec(bundle=str(bundle), out=str(out), settings=SamplerSettings(steps=2, max_gate_attempts=1))
+
+
+def small_plan():
+    return make_plan(2, get_preset("tiny"), seed=0, frames=4)
+
+
+def test_refusals_before_ray_starts(tmp_path, bundle, monkeypatch):
+    """--resume with no run, an output onto the bundle, a broken bundle: refused by the driver, Ray never started."""
+    monkeypatch.setattr("ray.init", lambda *a, **k: pytest.fail("Ray was started"))
+    with pytest.raises(StoreError, match="no generation run was started there"):
+        generate(spec_for(bundle, tmp_path / "none.zarr"), small_plan(), resume=True)
+    assert not (tmp_path / "none.zarr").exists()
+    with pytest.raises(StoreError, match="output path is the input"):
+        generate(spec_for(bundle, bundle), small_plan(), overwrite=True)
+    with pytest.raises(StoreError, match="lies inside the input"):
+        generate(spec_for(bundle, Path(bundle) / "syn.zarr"), small_plan())
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    payload = (broken / "motion.safetensors").read_bytes()
+    (broken / "motion.safetensors").write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(BundleError, match="motion.safetensors: not a readable safetensors file"):
+        generate(spec_for(broken, tmp_path / "syn.zarr"), small_plan())
+    assert not (tmp_path / "syn.zarr").exists(), "nothing half-made is left"
+
+
+def test_factory_errors_raised_in_ray_workers_surface_as_themselves():
+    import ray.exceptions
+
+    original = StoreError("syn.zarr: subject index 9 outside 0..3")
+    wrapped = ray.exceptions.RayTaskError("write", "Traceback ...", original)
+    with pytest.raises(StoreError) as caught, unwrapped():
+        try:
+            raise wrapped
+        except ray.exceptions.RayTaskError as err:
+            raise RuntimeError("Ray Data execution failed") from err
+    assert caught.value is original and str(caught.value) == "syn.zarr: subject index 9 outside 0..3"
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bundle):
-    """Determinism and resumability: a killed + resumed run equals an uninterrupted one, bit for bit."""
+    """Determinism and resumability: a killed + resumed run equals an uninterrupted one, bit for bit.
+
+    The killed run replaces an earlier store (--overwrite): it is built beside it, the earlier store stays
+    intact until the resumed run finishes, then the new store takes its place.
+    """
     reference, resumed = tmp_path / "reference.zarr", tmp_path / "resumed.zarr"
     subprocess.run(generate_cmd(bundle, reference), env=env(), check=True, capture_output=True, timeout=900)
+    write_store(resumed, n=3, kind="synthetic")  # the earlier store that the run replaces
 
-    job = subprocess.Popen(generate_cmd(bundle, resumed, "--workers", "1"), env=env(), start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = resumed / "rows"
+    job = subprocess.Popen(generate_cmd(bundle, resumed, "--workers", "1", "--overwrite"), env=env(),
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / ".resumed.zarr.partial"
+    rows = staging / "rows"
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and job.poll() is None:
         if rows.is_dir() and len(list(rows.glob("*.json"))) >= 4:
@@ -162,15 +221,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bundle):
         time.sleep(0.2)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    assert not (resumed / "manifest.json").exists(), "the run finished before it could be killed"
+    assert not (staging / "manifest.json").exists(), "the run finished before it could be killed"
     committed = len(list(rows.glob("*.json")))
     assert 0 < committed < 8
+    assert verify_store(str(resumed)) == [] and open_store(str(resumed)).n_subjects == 3, "earlier store intact"
 
     subprocess.run(generate_cmd(bundle, resumed, "--resume"), env=env(), check=True, capture_output=True,
                    timeout=900)
     assert verify_store(str(resumed)) == []
     assert_same_store(str(reference), str(resumed))
     assert len(open_store(str(resumed)).table) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference.zarr", "resumed.zarr"], "no staging left"
 
     other = subprocess.run([*generate_cmd(bundle, reference, "--resume"), "--guidance", "1.5"], env=env(),
                            capture_output=True, text=True, timeout=300)
@@ -229,6 +290,7 @@ def s3_server(monkeypatch):
     server.stop()
 
 
+@pytest.mark.slow
 def test_output_to_s3(s3_server, bundle):
     url = "s3://cine/syn.zarr"
     run = subprocess.run(generate_cmd(bundle, url, n=4), env=env(), capture_output=True, text=True, timeout=900)

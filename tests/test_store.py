@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from factory.store.verify import verify_store
 from factory.store.writer import StoreWriter
 
 from conftest import make_subject
+from store_builders import write_store as build_store
 
 
 ROW = {"source": "t", "vendor": "A", "diagnosis": "NOR", **empty_measurement()}
@@ -105,7 +107,9 @@ def test_verify_reports_bad_labels_and_table_edits(tmp_path):
     original = table_path.read_bytes()
     table_path.write_bytes(original + b"x")
     problems = verify_store(str(path))
-    assert any("checksum" in p for p in problems) and any("unreadable" in p for p in problems), problems
+    assert problems == [f"{path}/metadata.parquet: checksum differs from manifest.json (modified or corrupt table)"]
+    with pytest.raises(StoreError, match="checksum differs"):  # every reader refuses the altered table
+        open_store(str(path)).table
     table_path.write_bytes(original)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["table"]["sha256"] = __import__("hashlib").sha256((path / "metadata.parquet").read_bytes()).hexdigest()
@@ -120,3 +124,48 @@ def test_store_on_an_fsspec_url():
     writer.write_subject(0, make_subject(), ROW)
     writer.finalize()
     assert verify_store(url) == []
+
+
+@pytest.mark.parametrize("array", ["image", "mask", "labeled"])
+def test_verify_reports_a_deleted_chunk_by_name(tmp_path, array):
+    path = build_store(tmp_path / "s.zarr", n=2)
+    chunk = {"image": "image/c/1/2/0/0/0", "mask": "mask/c/1/1/0/0/0", "labeled": "labeled/c/1/0"}[array]
+    (Path(path) / chunk).unlink()  # an unlabeled frame's mask (frame 1) is all background, yet it has a chunk
+    problems = verify_store(path)
+    assert len(problems) == 1 and "subject 1 (s001)" in problems[0] and chunk in problems[0], problems
+
+
+def test_a_corrupt_chunk_is_named_by_array_subject_and_frame(tmp_path, capsys):
+    path = build_store(tmp_path / "s.zarr", n=2)
+    chunk = Path(path) / "image/c/1/3/0/0/0"
+    payload = bytearray(chunk.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    chunk.write_bytes(payload)
+    expected = "array 'image', subject 1 (s001), frame 3: chunk unreadable"
+    assert any(expected in p for p in verify_store(path))
+    with pytest.raises(StoreError, match=re.escape(expected)):
+        open_store(path).subject(1)
+    assert main(["verify", path]) == 1
+    assert "Task was destroyed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damaged", ["manifest.json", "zarr.json", "metadata.parquet"])
+def test_garbage_metadata_files_are_clear_errors(tmp_path, damaged, capsys):
+    path = build_store(tmp_path / "s.zarr", n=1)
+    (Path(path) / damaged).write_text("garbage")
+    assert main(["info", path]) == 2
+    err = capsys.readouterr().err
+    assert damaged in err and "Traceback" not in err, err
+    assert main(["verify", path]) == 1
+
+
+def test_create_never_replaces_a_folder_that_is_not_a_store(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(StoreError, match="did not write"):
+        StoreWriter.create(str(folder), n_subjects=1, preset=get_preset("tiny"), kind="cohort", overwrite=True)
+    assert (folder / "notes.txt").read_text() == "precious"
+    build_store(tmp_path / "s.zarr", n=1)
+    build_store(tmp_path / "s.zarr", n=2, overwrite=True)  # a store is replaced
+    assert open_store(str(tmp_path / "s.zarr")).n_subjects == 2

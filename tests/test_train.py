@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from factory.bundle import STAGES, BundleError, add_stage, load_bundle, start_bundle
+from factory.errors import StoreError
 from factory.models.build import build_model
 from factory.presets import get_preset
 from factory.train.checkpoint import load_state, save_state
@@ -66,6 +67,7 @@ def trained(tmp_path_factory, ray_local) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_every_stage_trains_into_a_loadable_bundle(trained):
     config = json.loads((trained / "bundle.json").read_text())
     assert list(config["stages"]) == list(STAGES)
@@ -88,11 +90,13 @@ def test_every_stage_trains_into_a_loadable_bundle(trained):
         assert tuple(bundle.vae.encode(frame)[0].shape[1:]) == bundle.preset.latent_shape
 
 
+@pytest.mark.slow
 def test_worker_failure_restarts_from_the_last_checkpoint(trained):
     starts = json.loads((trained / "bundle.json").read_text())["stages"]["vae"]["starts"]
     assert starts == [0, CHECKPOINT_EVERY], "the restarted worker group must resume at step 2, not from 0"
 
 
+@pytest.mark.slow
 def test_rerun_resumes_the_killed_stage_and_keeps_finished_ones(trained):
     stages = json.loads((trained / "bundle.json").read_text())["stages"]
     assert stages["motion"]["starts"] == [0, CHECKPOINT_EVERY]
@@ -246,5 +250,7 @@ def test_pack_halves_the_weights_and_keeps_the_models(bundle_dir, tmp_path):
     original, half = load_bundle(bundle_dir, stages=("vae",)), load_bundle(packed, stages=("vae",))
     for (name, a), b in zip(original.vae.state_dict().items(), half.vae.state_dict().values()):
         assert b.dtype == a.dtype and torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
-    with pytest.raises(BundleError, match="already exists"):
+    with pytest.raises(StoreError, match="already exists"):
         pack_bundle(bundle_dir, packed)
+    pack_bundle(bundle_dir, packed, overwrite=True)  # a packed bundle may be replaced by a new one
+    assert sorted(p.name for p in packed.iterdir()) == sorted(p.name for p in bundle_dir.iterdir() if p.is_file())

@@ -52,9 +52,9 @@ def mask_coherence(stores: list[Store]) -> tuple[dict, list[dict]]:
     for store in stores:
         for i in fully_labeled(store):
             t = int(store.table.loc[i, "n_frames"])
-            mask, phase = store.group["mask"][i, :t], store.group["phase"][i, :t]
+            mask, phase = store.read("mask", i, slice(0, t)), store.read("phase", i, slice(0, t))
             volumes = label_volumes_ml(mask, store.spacing_mm)
-            rows.append(subject_coherence(mask, volumes, phase, store.spacing_mm, store.group["slice_mask"][i]))
+            rows.append(subject_coherence(mask, volumes, phase, store.spacing_mm, store.read("slice_mask", i)))
             curves.append({"phase": phase, **volumes})
     if not rows:
         return {"n_subjects": 0}, curves

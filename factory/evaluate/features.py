@@ -40,6 +40,6 @@ def store_features(store: Store) -> pd.DataFrame:
         es = row["es_frame"]
         if pd.isna(es) or not (labeled[i, 0] and labeled[i, int(es)]):
             continue
-        masks = store.group["mask"].get_orthogonal_selection((int(i), [0, int(es)]))
-        rows[i] = {**subject_features(masks[0], masks[1], store.spacing_mm), "diagnosis": row["diagnosis"]}
+        ed, es_mask = store.read("mask", int(i), 0), store.read("mask", int(i), int(es))
+        rows[i] = {**subject_features(ed, es_mask, store.spacing_mm), "diagnosis": row["diagnosis"]}
     return pd.DataFrame.from_dict(rows, orient="index", columns=[*FEATURES, "diagnosis"])

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from factory.bundle import read_config, training_fingerprint
-from factory.errors import FactoryError, StoreError
+from factory.errors import FactoryError, unwrapped
 from factory.evaluate.coherence import mask_coherence
 from factory.evaluate.controllability import controllability
 from factory.evaluate.downstream import downstream
 from factory.evaluate.features import store_features
 from factory.evaluate.report import write_report
 from factory.evaluate.video import fvd
+from factory.outputs import check_output, replacing
 from factory.store.reader import Store, open_store
+
+
+KIND = "evaluation"  # the output folder's kind: --overwrite replaces only an earlier evaluation
 
 
 @dataclass(frozen=True)
@@ -39,20 +41,6 @@ class EvaluationSpec:
     seed: int = 0
 
 
-def prepare_out(path: str, overwrite: bool) -> Path:
-    """The output directory, created; an existing non-empty one is refused unless it holds an earlier
-    evaluation (report.json) and `overwrite` is set."""
-    out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (overwrite and (out / "report.json").is_file()):
-            raise StoreError(f"{out}: already exists and is not empty; choose another --out"
-                             + (" (--overwrite only replaces an earlier evaluation's output)" if overwrite
-                                else " or pass --overwrite to replace an earlier evaluation"))
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def generator_provenance(synthetic: Store, cohort: Store) -> str:
     """Which data trained the generator of `synthetic`, as far as its bundle says, and whether it is `cohort`."""
     bundle = synthetic.attrs.get("bundle", {}).get("path")
@@ -70,9 +58,10 @@ def generator_provenance(synthetic: Store, cohort: Store) -> str:
 def evaluate(spec: EvaluationSpec, overwrite: bool = False) -> dict:
     """Evaluate `spec.synthetic` against `spec.cohort`, write report.json / report.md into `spec.out`."""
     start = time.perf_counter()
-    out = prepare_out(spec.out, overwrite)
-    cohort, synthetic = open_store(spec.cohort), open_store(spec.synthetic)
-    test = open_store(spec.test) if spec.test else None
+    inputs = [url for url in (spec.synthetic, spec.cohort, spec.test, spec.i3d) if url]
+    check_output(spec.out, overwrite=overwrite, accept=(KIND,), inputs=inputs)  # before hours of work
+    cohort, synthetic = open_store(spec.cohort, kind="cohort"), open_store(spec.synthetic, kind="synthetic")
+    test = open_store(spec.test, kind="cohort") if spec.test else None
     synthetic_masks, curves = mask_coherence([synthetic])
     report = {
         "inputs": {k: v for k, v in asdict(spec).items() if v is not None},
@@ -84,9 +73,11 @@ def evaluate(spec: EvaluationSpec, overwrite: bool = False) -> dict:
                                 "real": mask_coherence([s for s in (cohort, test) if s is not None])[0]}},
     }
     if spec.downstream:
-        report["downstream"] = downstream(spec.cohort, spec.synthetic, spec.test, train_vendor=spec.train_vendor,
-                                          arms=spec.arms, seeds=spec.seeds, steps=spec.steps,
-                                          batch_size=spec.batch_size, n_extra=spec.n_extra, seed=spec.seed)
+        with unwrapped():  # a bad store found inside a Ray task is reported as itself
+            report["downstream"] = downstream(spec.cohort, spec.synthetic, spec.test, train_vendor=spec.train_vendor,
+                                              arms=spec.arms, seeds=spec.seeds, steps=spec.steps,
+                                              batch_size=spec.batch_size, n_extra=spec.n_extra, seed=spec.seed)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    write_report(report, synthetic.table, curves, out)
+    with replacing(spec.out, KIND, overwrite=overwrite, inputs=inputs) as staging:
+        write_report(report, synthetic.table, curves, staging)
     return report

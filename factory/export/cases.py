@@ -53,8 +53,11 @@ def real_slices(slice_mask: np.ndarray) -> slice:
 
 
 def open_stores(urls: list[str]) -> list[Store]:
-    """Open every store to export first, so that a missing or incomplete one fails before any output."""
-    return [open_store(url) for url in urls]
+    """Open every store to export first, so that a missing, incomplete or altered one fails before any output."""
+    stores = [open_store(url) for url in urls]
+    for store in stores:
+        _ = store.table  # read now: a table whose checksum differs from the manifest is refused here
+    return stores
 
 
 def iter_cases(stores: list[Store]) -> Iterator[Case]:

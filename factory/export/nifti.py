@@ -13,16 +13,17 @@ import pandas as pd
 
 from factory.data.nifti import save_nifti
 from factory.export.cases import iter_cases, open_stores
-from factory.export.output import staged_dir
+from factory.outputs import replacing
 
 METADATA = "metadata.csv"
+KIND = "nifti-export"
 
 
 def export_nifti(stores: list[str], out: Path | str, overwrite: bool = False) -> Path:
     """Write every subject of `stores` as a 4D image + label NIfTI pair under `out`; returns `out`."""
     opened = open_stores(stores)
     records = []
-    with staged_dir(out, overwrite) as staging:
+    with replacing(out, KIND, overwrite=overwrite, inputs=stores) as staging:
         for case in iter_cases(opened):
             image, label = f"{case.name}_image.nii.gz", f"{case.name}_label.nii.gz"
             save_nifti(case.image, case.store.spacing_mm, staging / image)

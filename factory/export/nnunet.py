@@ -16,11 +16,12 @@ import pandas as pd
 from factory.data.nifti import save_nifti
 from factory.errors import InputError
 from factory.export.cases import iter_cases, open_stores
-from factory.export.output import staged_dir
+from factory.outputs import replacing
 from factory.presets import LABEL_MAP
 
 FILE_ENDING = ".nii.gz"
 CHANNEL = "cineMRI"
+KIND = "nnunet-dataset"
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -45,7 +46,7 @@ def export_nnunet(stores: list[str], out: Path | str, dataset_id: int = 501, dat
     folder = Path(out) / dataset_folder_name(dataset_id, dataset_name)
     opened = open_stores(stores)
     records = []
-    with staged_dir(folder, overwrite) as staging:
+    with replacing(folder, KIND, overwrite=overwrite, inputs=stores) as staging:
         for case in iter_cases(opened):
             spacing = case.store.spacing_mm
             for t in np.flatnonzero(case.subject.labeled):

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import ray
 
-from factory.bundle import BUNDLE_FILE, load_bundle, read_config, sha256_file
-from factory.errors import StoreError
+from factory.bundle import BUNDLE_FILE, load_bundle, read_config, sha256_file, verify_bundle
+from factory.errors import StoreError, unwrapped
+from factory.outputs import STORE, check_output, remove, staging_path, swap
 from factory.presets import PRESETS
 from factory.record import Subject, cycle_phase
 from factory.sample.pipeline import CinePipeline, SamplerSettings
@@ -110,37 +111,60 @@ def run_attributes(spec: RunSpec) -> dict:
 
 
 def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bool) -> StoreWriter:
-    """Create the output store (writing the plan into it), or reopen it for --resume after checks."""
+    """The store this run writes into: a new one (beside `spec.out` when it replaces an earlier store,
+    swapped in when finished), or, with `resume`, the interrupted run's, after checking it is the same run."""
+    if resume:
+        return reopen_run(spec, plan)
+    check_output(spec.out, overwrite=overwrite, accept=(STORE,), inputs=[spec.bundle])
     fs, root = filesystem(spec.out)
-    attrs = run_attributes(spec)
-    if resume and fs.exists(join(root, "zarr.json")):
-        writer = StoreWriter(spec.out)
-        with fs.open(join(root, PLAN_FILE), "rb") as f:
-            stored = pd.read_parquet(io.BytesIO(f.read()))
-        if not stored.reset_index(drop=True).equals(plan.reset_index(drop=True)):
-            raise StoreError(f"{spec.out}: --resume with a different plan than the one the store was started with")
-        if writer.attrs.get("sampler") != attrs["sampler"]:
-            raise StoreError(f"{spec.out}: --resume with sampler settings {attrs['sampler']}, but the store was"
-                             f" started with {writer.attrs.get('sampler')}")
-        if writer.attrs.get("bundle", {}).get("sha256") != attrs["bundle"]["sha256"]:
-            raise StoreError(f"{spec.out}: --resume with another model bundle than the store was started with")
-        return writer
+    url = staging_path(spec.out) if fs.exists(root) and fs.ls(root, detail=False) else spec.out
+    if url != spec.out:
+        remove(url)  # a replacement that was started and never resumed
     bundle_preset = PRESETS[read_config(spec.bundle)["preset"]]
-    writer = StoreWriter.create(spec.out, n_subjects=len(plan), preset=bundle_preset, kind="synthetic",
-                                max_frames=int(plan["frames"].max()), attrs=attrs, overwrite=overwrite)
+    writer = StoreWriter.create(url, n_subjects=len(plan), preset=bundle_preset, kind="synthetic",
+                                max_frames=int(plan["frames"].max()), attrs=run_attributes(spec))
     buffer = io.BytesIO()
     plan.to_parquet(buffer, index=False)
-    with fs.open(join(root, PLAN_FILE), "wb") as f:
+    with writer.fs.open(join(writer.root, PLAN_FILE), "wb") as f:
         f.write(buffer.getvalue())
     return writer
 
 
+def reopen_run(spec: RunSpec, plan: pd.DataFrame) -> StoreWriter:
+    """The interrupted run at `spec.out` (or its replacement being built beside it), checked to be this run."""
+    candidates = [url for url in (staging_path(spec.out), spec.out) if is_run(url)]
+    if not candidates:
+        raise StoreError(f"{spec.out}: --resume, but no generation run was started there (run without --resume)")
+    writer = StoreWriter(candidates[0])
+    with writer.fs.open(join(writer.root, PLAN_FILE), "rb") as f:
+        stored = pd.read_parquet(io.BytesIO(f.read()))
+    if not stored.reset_index(drop=True).equals(plan.reset_index(drop=True)):
+        raise StoreError(f"{spec.out}: --resume with a different plan than the one the store was started with")
+    attrs = run_attributes(spec)
+    if writer.attrs.get("sampler") != attrs["sampler"]:
+        raise StoreError(f"{spec.out}: --resume with sampler settings {attrs['sampler']}, but the store was"
+                         f" started with {writer.attrs.get('sampler')}")
+    if writer.attrs.get("bundle", {}).get("sha256") != attrs["bundle"]["sha256"]:
+        raise StoreError(f"{spec.out}: --resume with another model bundle than the store was started with")
+    return writer
+
+
+def is_run(url: str) -> bool:
+    """Whether `url` holds a synthetic store started by a generation run (its plan is written at creation)."""
+    fs, root = filesystem(url)
+    return fs.exists(join(root, "zarr.json")) and fs.exists(join(root, PLAN_FILE))
+
+
 def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run (or finish) a generation into `spec.out`; returns a summary of the finished store."""
+    """Run (or finish) a generation into `spec.out`; returns a summary of the finished store.
+
+    The bundle is fully checked here, before Ray starts, and a FactoryError raised inside a Ray
+    worker is re-raised as itself (`unwrapped`), so a bad input is one clear message wherever it is found.
+    """
     start = time.perf_counter()
+    verify_bundle(spec.bundle)
     writer = prepare_store(spec, plan, resume, overwrite)
-    fs, root = filesystem(spec.out)
-    if fs.exists(join(root, "manifest.json")):
+    if writer.fs.exists(join(writer.root, "manifest.json")):
         return summarize(spec.out, 0, time.perf_counter() - start)
     done = writer.committed()
     todo = [g for g in plan_groups(len(plan), spec.batch_size) if not set(g) <= done]
@@ -154,8 +178,11 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
             fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan})
         # Writes reserve no CPU: with a logical CPU each, they would wait behind sampler actors that hold
         # every CPU of a small node, and subjects would pile up in the object store until the end.
-        subjects.write_datasink(ZarrDatasink(spec.out), ray_remote_args={"num_cpus": 0})
+        with unwrapped():
+            subjects.write_datasink(ZarrDatasink(writer.url), ray_remote_args={"num_cpus": 0})
     writer.finalize()
+    if writer.url != spec.out:
+        swap(writer.url, spec.out)  # the finished replacement takes the earlier store's place
     return summarize(spec.out, sum(len(g) for g in todo), time.perf_counter() - start)
 
 

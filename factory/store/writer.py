@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from factory import outputs
 from factory.errors import StoreError
 from factory.presets import LABEL_MAP, Preset
 from factory.record import Subject
@@ -46,12 +47,10 @@ class StoreWriter:
     @classmethod
     def create(cls, url: str, *, n_subjects: int, preset: Preset, kind: str, max_frames: int | None = None,
                attrs: dict | None = None, overwrite: bool = False) -> StoreWriter:
-        """Lay out an empty store; refuses an existing path unless `overwrite`."""
+        """Lay out an empty store; an existing path is refused unless `overwrite` and it holds a store."""
         fs, root = filesystem(str(url))
+        outputs.check_output(url, overwrite=overwrite, accept=(outputs.STORE,))
         if fs.exists(root):
-            if not overwrite:
-                raise StoreError(f"{url}: output path already exists (use --overwrite to replace it,"
-                                 " or --resume where the job supports it)")
             fs.rm(root, recursive=True)
         t = max_frames or preset.max_frames
         z, h, w = preset.geometry.shape
@@ -98,19 +97,18 @@ class StoreWriter:
         if subject.image.shape[1:] != (z, h, w) or t > t_max:
             raise StoreError(f"{self.url}: subject {subject.subject_id} has shape {subject.image.shape},"
                              f" the store holds at most ({t_max}, {z}, {h}, {w})")
-        image = np.zeros((t_max, z, h, w), np.float16)
-        image[:t] = np.clip(subject.image, -1.0, 1.0)
-        mask = np.zeros((t_max, z, h, w), np.uint8)
-        mask[:t] = np.where(subject.labeled[:, None, None, None], subject.mask, 0)  # untrusted masks dropped
         labeled = np.zeros(t_max, bool)
         labeled[:t] = subject.labeled
         phase = np.zeros(t_max, np.float32)
         phase[:t] = subject.phase
-        self.group["image"][index] = image
-        self.group["mask"][index] = mask
-        self.group["labeled"][index] = labeled
-        self.group["phase"][index] = phase
-        self.group["slice_mask"][index] = subject.slice_mask
+        # Every chunk of a real frame is written, even one equal to the fill value (an unlabeled frame's
+        # mask), so that `factory verify` can tell a deleted chunk from a blank one. Padding frames stay unwritten.
+        arrays = {name: self.group[name].with_config({"write_empty_chunks": True}) for name in layout.ARRAY_NAMES}
+        arrays["image"][index, :t] = np.clip(subject.image, -1.0, 1.0).astype(np.float16)
+        arrays["mask"][index, :t] = np.where(subject.labeled[:, None, None, None], subject.mask, 0)  # untrusted dropped
+        arrays["labeled"][index] = labeled
+        arrays["phase"][index] = phase
+        arrays["slice_mask"][index] = subject.slice_mask
         record = {"index": index, "subject_id": subject.subject_id, "n_frames": t,
                   "n_slices": subject.n_slices, "ed_frame": 0, "es_frame": subject.es_frame,
                   "n_labeled_frames": int(np.count_nonzero(subject.labeled)), **row}

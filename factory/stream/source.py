@@ -137,6 +137,12 @@ def read_samples(sources: list[Source], draws: list[tuple[int, np.ndarray]]) -> 
     async def fetch() -> list:
         return await asyncio.gather(*(array.getitem(where) for array, where in reads))
 
-    arrays = sync(fetch())
+    try:
+        arrays = sync(fetch())
+    except Exception:  # a chunk failed to decode or its checksum: re-read one by one to name it
+        for s, key in draws:
+            for name in ("image", "mask"):
+                sources[s].store.read(name, *sources[s].selection(key)[:2])
+        raise
     return [{**sources[s].assemble(key, arrays[2 * n], arrays[2 * n + 1]), "store": s}
             for n, (s, key) in enumerate(draws)]
