@@ -7,7 +7,7 @@ OUT ?= outputs/demo
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The inner loop: every test but those marked slow (Ray heads, Ray jobs and Ray Train).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 # The demo: a local Ray head (job server on 127.0.0.1, Python from .venv), the generation job submitted
 # to it on the shipped demo bundle, then previews and a report of the synthetic store.

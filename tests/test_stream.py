@@ -166,6 +166,7 @@ def test_bad_inputs_name_the_store(tmp_path, stores):
         CineStream(stores[0], epoch_size=10)
 
 
+@pytest.mark.slow
 def test_ray_data_reader(stores):
     ray = pytest.importorskip("ray")
     from factory.store import read

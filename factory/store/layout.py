@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
+from importlib import resources
 
 import jsonschema
 
@@ -20,7 +20,8 @@ SCHEMA_VERSION = "1"
 TABLE = "metadata.parquet"
 MANIFEST = "manifest.json"
 ROWS_DIR = "rows"
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+# `factory/schemas` is a symlink to the repository's top-level `schemas/`: one copy, shipped in the wheel.
+SCHEMA_DIR = resources.files("factory") / "schemas"
 
 # name -> (dtype, per-subject shape symbolically). Frame arrays are chunked one frame per chunk, so a
 # reader can fetch a single 3D frame and concurrent writers of different subjects never share a chunk.
@@ -31,12 +32,13 @@ ARRAY_NAMES = (*FRAME_ARRAYS, *SUBJECT_ARRAYS)
 
 @functools.cache
 def load_schema(name: str) -> dict:
-    """Load `schemas/<name>.v<SCHEMA_VERSION>.json`."""
+    """Load `schemas/<name>.v<SCHEMA_VERSION>.json`, a resource of the installed package."""
     path = SCHEMA_DIR / f"{name}.v{SCHEMA_VERSION}.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise StoreError(f"schema file {path} is missing: is the project checkout complete?") from None
+        raise StoreError(f"schema {name} v{SCHEMA_VERSION} is missing from the installed package ({path}): "
+                         "reinstall cine-factory from a complete checkout or wheel") from None
 
 
 def validate(document: dict, schema_name: str, where: str) -> None:
