@@ -16,22 +16,23 @@ import pandas as pd
 import torch
 
 from factory.data.clinical import label_volumes_ml, measure
+from factory.data.gate import check_ed_mask
 from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
-from factory.sample.gate import check_ed_mask
 
 MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (distinct from gate attempts)
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample: scheduler kind and steps, guidance scale, gate bound, frames per UNet call."""
+    """How to sample: scheduler kind and steps, guidance scale per stage, gate bound, frames per UNet call."""
 
     scheduler: str = "dpm++"  # DPM-Solver++ at 15 steps: the r of DDIM-30 at half the cost (benchmarks/sampling.py)
     steps: int = 15
-    guidance: float = 3.0
+    guidance: float = 3.0  # anatomy LDM
+    motion_guidance: float = 3.0  # motion LDM
     max_gate_attempts: int = 4
     frames_per_call: int = 64
 
@@ -98,20 +99,24 @@ class CinePipeline:
 
     @torch.no_grad()
     def denoise(self, model: Callable[..., torch.Tensor], noise: torch.Tensor, cond: dict[str, torch.Tensor],
-                **extra: torch.Tensor) -> torch.Tensor:
-        """Reverse diffusion with classifier-free guidance (conditional and null branch in one batch)."""
+                guidance: float, **extra: torch.Tensor) -> torch.Tensor:
+        """Reverse diffusion with classifier-free guidance: conditional and null branch in one batch, or the
+        conditional branch alone at guidance 1 (where the null branch cancels out)."""
         scheduler = sampling_scheduler(self.preset.diffusion, self.settings.scheduler, self.settings.steps)
+        branches = 1 if guidance == 1 else 2
         batch = noise.shape[0]
-        drop = torch.arange(2 * batch, device=self.device) >= batch
-        twice = {k: torch.cat([v, v]) for k, v in {**cond, **extra}.items()}
+        drop = torch.arange(branches * batch, device=self.device) >= batch
+        inputs = {k: v.repeat(branches, *([1] * (v.ndim - 1))) for k, v in {**cond, **extra}.items()}
         x = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                out = model(scheduler.scale_model_input(torch.cat([x, x]), t), t, twice["slice_mask"],
-                            twice["diagnosis"], twice["scalars"], drop,
-                            **{k: twice[k] for k in extra})
-            conditional, null = out.float().chunk(2)
-            x = scheduler.step(null + self.settings.guidance * (conditional - null), t, x).prev_sample
+                out = model(scheduler.scale_model_input(x.repeat(branches, *([1] * (x.ndim - 1))), t), t,
+                            inputs["slice_mask"], inputs["diagnosis"], inputs["scalars"], drop,
+                            **{k: inputs[k] for k in extra}).float()
+            if branches == 2:
+                conditional, null = out.chunk(2)
+                out = null + guidance * (conditional - null)
+            x = scheduler.step(out, t, x).prev_sample
         return x
 
     def noise(self, seeds: list[int], stream: int) -> torch.Tensor:
@@ -138,7 +143,8 @@ class CinePipeline:
         slice_masks = cond["slice_mask"].cpu().numpy()
         for attempt in range(self.settings.max_gate_attempts):
             sub = {k: v[pending] for k, v in cond.items()}
-            x = self.denoise(self.anatomy, self.noise(list(rows["seed"].iloc[pending]), attempt), sub)
+            x = self.denoise(self.anatomy, self.noise(list(rows["seed"].iloc[pending]), attempt), sub,
+                             self.settings.guidance)
             z = x / self.latent_scale
             masks = self.decode_masks(z)
             z_ed[pending] = z
@@ -167,7 +173,8 @@ class CinePipeline:
             who = torch.tensor([i for i, _ in chunk], device=self.device)
             phase = torch.tensor([phases[i][t] for i, t in chunk], device=self.device)
             sub = {k: v[who] for k, v in cond.items()}
-            r = self.denoise(self.motion, shared[who], sub, z_ed=z_ed[who] * self.latent_scale, phase=phase)
+            r = self.denoise(self.motion, shared[who], sub, self.settings.motion_guidance,
+                             z_ed=z_ed[who] * self.latent_scale, phase=phase)
             for (i, t), r_t in zip(chunk, r):
                 residuals[i][t] = r_t / self.residual_scale
         return residuals
