@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from factory.errors import InputError
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -124,7 +126,7 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
 # ACDC label convention used everywhere in the project.

@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from factory.bundle import read_config  # noqa: E402
+from factory.cli_args import non_negative_float, positive_float, positive_int  # noqa: E402
 from factory.errors import FactoryError  # noqa: E402
 from factory.sample.cli import add_plan_arguments, plan_from_args, settings_from_args  # noqa: E402
 from factory.sample.job import DEMO_BUNDLE, RunSpec, generate  # noqa: E402
@@ -25,11 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=str(DEMO_BUNDLE), help="model bundle directory (default: the shipped demo)")
     parser.add_argument("--out", required=True, help="output store: local path or fsspec URL (s3://...)")
-    add_plan_arguments(parser)
-    parser.add_argument("--workers", type=int, default=1, help="sampler actors (one model copy each)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per sampler actor (0 = CPU)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per sampler actor")
-    parser.add_argument("--batch-size", type=int, default=4, help="plan rows sampled together by one actor call")
+    add_plan_arguments(parser, with_preset=False)  # the preset is the bundle's
+    parser.add_argument("--workers", type=positive_int, default=1, help="sampler actors (one model copy each)")
+    parser.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0,
+                        help="GPUs per sampler actor (0 = CPU)")
+    parser.add_argument("--cpus-per-worker", type=positive_float, default=1.0, help="CPUs per sampler actor")
+    parser.add_argument("--batch-size", type=positive_int, default=4,
+                        help="plan rows sampled together by one actor call")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run into the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser.parse_args(argv)

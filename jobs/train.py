@@ -16,7 +16,9 @@ import sys
 
 import ray
 
+from factory.cli_args import non_negative_float, non_negative_int, positive_int
 from factory.errors import FactoryError
+from factory.presets import PRESETS
 from factory.train.config import STAGES
 from factory.train.runner import TrainOptions, train
 
@@ -25,15 +27,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", required=True, help="cohort store (path or fsspec URL)")
     parser.add_argument("--stage", default="all", choices=[*STAGES, "all"])
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model-size preset")
     parser.add_argument("--out", required=True, help="bundle directory (created, or resumed)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP ranks) per stage")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--steps", type=int, help="steps of every stage run (default: per preset and stage)")
-    parser.add_argument("--batch-size", type=int, help="per-worker batch size (default: per preset and stage)")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 250)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts per stage")
+    parser.add_argument("--workers", type=positive_int, default=2, help="Ray Train workers (DDP ranks) per stage")
+    parser.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0, help="GPUs per worker (0 = CPU)")
+    parser.add_argument("--steps", type=positive_int, help="steps of every stage run (default: per preset and stage)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="per-worker batch size (default: per preset and stage)")
+    parser.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 250)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--max-failures", type=non_negative_int, default=2, help="worker-group restarts per stage")
     return parser.parse_args(argv)
 
 

@@ -36,8 +36,11 @@ def test_rows_do_not_depend_on_plan_length_and_seed_changes_everything():
 
 def test_mix_and_rare_disease_sets():
     assert diagnosis_counts(10, {"NOR": 0.2, "HCM": 0.8}) == {"NOR": 2, "HCM": 8}
-    plan = make_plan(30, TINY, mix=parse_mix("NOR=1,HCM=2"))
+    plan = make_plan(30, TINY, mix=parse_mix("NOR=1,HCM=2", normalize=True))
     assert plan["diagnosis"].value_counts().to_dict() == {"HCM": 20, "NOR": 10}
+    assert parse_mix("NOR=0.2,HCM=0.8") == pytest.approx({"NOR": 0.2, "HCM": 0.8})
+    with pytest.raises(InputError, match="weights sum to 3, not 1"):
+        parse_mix("NOR=1,HCM=2")
     rare = make_plan(9, TINY, diagnoses=["hcm", "RV"])
     assert set(rare["diagnosis"]) == {"HCM", "RV"}
     with pytest.raises(InputError, match="XYZ"):
@@ -71,7 +74,7 @@ def test_impossible_rows_are_rejected_with_their_row_numbers(tmp_path):
     message = str(err.value)
     assert str(path) in message and "row 1" not in message
     assert re.search(r"row 2: unknown diagnosis 'XYZ'", message)
-    assert re.search(r"row 3: ESV 120.0 ml", message)
+    assert re.search(r"row 3: ESV 120 ml", message)
     assert re.search(r"row 4: n_slices 40 outside", message)
 
 

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from factory.cli_args import positive_int
 from factory.data.nifti import load_nifti, nifti_to_internal
 from factory.data.readers import read_info_cfg
 from factory.errors import InputError
+from factory.outputs import check_output
 
 CROP = 192
 LV_LABEL = 3
@@ -106,13 +108,21 @@ def draw(columns: list[list[Pair]], out: Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phantom", type=Path, required=True, help="output folder of `factory phantom`")
     parser.add_argument("--real", type=Path, default=None, help="folder of real *_ed/*_es.nii.gz frames")
-    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    parser.add_argument("--subjects", type=int, default=3, help="phantom subjects to show (vendors in turn)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write (name ending in .png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--subjects", type=positive_int, default=3, help="phantom subjects to show (vendors in turn)")
+
+
+def check_png_output(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is not a .png file name, is a folder, lies under a file, or exists (unless overwrite)."""
+    check_output(out, overwrite=overwrite, accept=(), is_file=True)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out {out}: the montage is a PNG; give a file name ending in .png")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.subjects < 1:
-        raise InputError(f"--subjects must be >= 1, got {args.subjects}")
+    """Draw the montage into --out and print the path written."""
+    check_png_output(args.out, args.overwrite)
     phantom = phantom_pairs(args.phantom, args.subjects)
     real = real_pairs(args.real) if args.real is not None and args.real.is_dir() else []
     if args.real is not None and not real:

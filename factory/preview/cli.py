@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from factory.cli_args import positive_int
 from factory.errors import StoreError
 from factory.export.cases import safe_name
 from factory.preview.render import write_cycle_gif, write_montage
@@ -41,7 +42,7 @@ def preview(store: Store, out: Path, subjects: int = 6) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("store", help="store path or URL (an incomplete store shows its committed subjects)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for GIFs, PNGs and report.md")
-    parser.add_argument("--subjects", type=int, default=6, help="number of subjects to preview (default 6)")
+    parser.add_argument("--subjects", type=positive_int, default=6, help="number of subjects to preview (default 6)")
 
 
 def run(args: argparse.Namespace) -> int:

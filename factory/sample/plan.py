@@ -8,6 +8,7 @@ any worker, and resumed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,17 @@ from factory.errors import InputError
 from factory.presets import DIAGNOSES, Preset
 
 PLAN_COLUMNS = ("plan_row", "diagnosis", "edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
+NUMERIC_COLUMNS = ("edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
+INTEGER_COLUMNS = ("n_slices", "frames", "es_frame", "seed")
 ES_FRACTION = 0.37  # default ES position (fraction of the cycle) when a plan file gives none
+MIX_TOLERANCE = 1e-6  # how far --mix weights may sum from 1 without --normalize
+SEED_LIMIT = 2**63  # seeds are stored as int64
+MAX_SHOWN = 20  # problems listed in one error
+# Plausible LV physiology of a plan row: generous bounds around the ACDC cohort (EDV 49-388 ml, ESV 19-334 ml,
+# EF 8-85 %) and the priors' clipping (factory/data/priors.py), so only typos and unit mistakes are refused.
+EDV_RANGE_ML = (10.0, 1000.0)
+ESV_RANGE_ML = (1.0, 950.0)
+EF_RANGE_PCT = (2.0, 95.0)
 
 
 def row_seed(plan_seed: int, row: int) -> int:
@@ -37,23 +48,29 @@ def diagnosis_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """`NOR=0.2,HCM=0.4` -> {"NOR": 0.2, "HCM": 0.4}; rejects unknown diagnoses and bad weights."""
+def parse_mix(text: str, normalize: bool = False) -> dict[str, float]:
+    """`NOR=0.2,HCM=0.8` -> {"NOR": 0.2, "HCM": 0.8}; the weights must sum to 1 unless `normalize` rescales them."""
     mix = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
         name = name.strip().upper()
         if not sep or name not in DIAGNOSES:
             raise InputError(f"--mix item {item!r}: expected DIAGNOSIS=WEIGHT with DIAGNOSIS in {DIAGNOSES}")
+        if name in mix:
+            raise InputError(f"--mix item {item!r}: {name} is given twice")
         try:
-            mix[name] = float(value)
+            weight = float(value)
         except ValueError:
             raise InputError(f"--mix item {item!r}: weight {value!r} is not a number") from None
-        if not mix[name] >= 0:
-            raise InputError(f"--mix item {item!r}: weight must be >= 0")
-    if sum(mix.values()) <= 0:
+        if not (math.isfinite(weight) and weight >= 0):
+            raise InputError(f"--mix item {item!r}: weight must be a finite number >= 0")
+        mix[name] = weight
+    total = sum(mix.values())
+    if total <= 0:
         raise InputError(f"--mix {text!r}: weights sum to zero")
-    return mix
+    if not normalize and abs(total - 1) > MIX_TOLERANCE:
+        raise InputError(f"--mix {text!r}: weights sum to {total:.10g}, not 1 (pass --normalize to rescale them)")
+    return {d: w / total for d, w in mix.items()}
 
 
 def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = None,
@@ -66,6 +83,8 @@ def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = No
     """
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
+    if frames is not None and not 2 <= frames <= preset.max_frames:
+        raise InputError(f"--frames {frames}: must lie in 2..{preset.max_frames} (preset {preset.name})")
     if balance not in (None, "diagnosis"):
         raise InputError(f"--balance {balance!r}: only 'diagnosis' is supported")
     if mix is not None and diagnoses is not None:
@@ -96,8 +115,9 @@ def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = No
     for k, diagnosis in enumerate(sequence):
         seed_k = row_seed(seed, k)
         draw = priors.sample(diagnosis, np.random.default_rng(seed_k))
-        t = frames or int(draw["n_frames"])
-        es = int(round(draw["es_frame"] / draw["n_frames"] * t)) if frames else int(draw["es_frame"])
+        drawn_frames = int(draw["n_frames"])
+        t = drawn_frames if frames is None else frames
+        es = int(round(draw["es_frame"] / drawn_frames * t))
         rows.append({"plan_row": k, "diagnosis": diagnosis, "edv_ml": draw["edv_ml"], "esv_ml": draw["esv_ml"],
                      "ef_pct": draw["ef_pct"], "n_slices": min(int(draw["n_slices"]), preset.geometry.n_slices),
                      "frames": t, "es_frame": min(max(es, 1), t - 1), "seed": seed_k})
@@ -117,7 +137,7 @@ def load_plan(path: Path, preset: Preset, seed: int = 0) -> pd.DataFrame:
     absent = [c for c in required if c not in table] + ([] if {"ef_pct", "esv_ml"} & set(table) else ["ef_pct or esv_ml"])
     if absent:
         raise InputError(f"{path}: plan lacks columns {absent}")
-    table = table.copy()
+    table = _numeric(table.copy(), str(path))
     table["diagnosis"] = table["diagnosis"].astype(str).str.strip().str.upper()
     if "esv_ml" not in table:
         table["esv_ml"] = table["edv_ml"] * (1 - table["ef_pct"] / 100)
@@ -131,34 +151,66 @@ def load_plan(path: Path, preset: Preset, seed: int = 0) -> pd.DataFrame:
     return validate_plan(table[list(PLAN_COLUMNS)], preset, source=str(path))
 
 
-def validate_plan(plan: pd.DataFrame, preset: Preset, source: str) -> pd.DataFrame:
-    """Reject impossible rows up front, naming each by its row number (1-based, as in a spreadsheet)."""
+def _numeric(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """`table` with its numeric columns as numbers; refuses each cell that is not a finite number by row and column."""
     problems = []
-    z_max, t_max = preset.geometry.n_slices, preset.max_frames
-    for k, row in enumerate(plan.itertuples(index=False), start=1):
-        values = row._asdict()
-        bad = [c for c in ("edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
-               if pd.isna(values[c])]
-        if bad:
-            problems.append(f"row {k}: missing {bad}")
-            continue
-        if row.diagnosis not in DIAGNOSES:
-            problems.append(f"row {k}: unknown diagnosis {row.diagnosis!r} (choose from {DIAGNOSES})")
-        if not row.edv_ml > 0:
-            problems.append(f"row {k}: EDV {row.edv_ml} ml must be positive")
-        if row.esv_ml > row.edv_ml or row.esv_ml < 0:
-            problems.append(f"row {k}: ESV {row.esv_ml:.1f} ml must lie in 0..EDV ({row.edv_ml:.1f} ml)")
-        if not 0 < row.ef_pct < 100:
-            problems.append(f"row {k}: EF {row.ef_pct:.1f} % outside 0-100")
-        elif row.edv_ml > 0 and abs(100 * (row.edv_ml - row.esv_ml) / row.edv_ml - row.ef_pct) > 1.0:
-            problems.append(f"row {k}: EF {row.ef_pct:.1f} % disagrees with EDV/ESV")
-        if not 1 <= row.n_slices <= z_max:
-            problems.append(f"row {k}: n_slices {row.n_slices} outside 1..{z_max} of preset {preset.name}")
-        if not 2 <= row.frames <= t_max:
-            problems.append(f"row {k}: frames {row.frames} outside 2..{t_max} of preset {preset.name}")
-        elif not 0 < row.es_frame < row.frames:
-            problems.append(f"row {k}: es_frame {row.es_frame} outside 1..{int(row.frames) - 1}")
+    for column in [c for c in NUMERIC_COLUMNS if c in table]:
+        cells, values = table[column].tolist(), pd.to_numeric(table[column], errors="coerce")
+        bad = (values.isna() & table[column].notna()) | np.isinf(values)
+        problems += [f"row {k + 1}: {column} {cells[k]!r} is not a finite number" for k in np.flatnonzero(bad)]
+        table[column] = values
     if problems:
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise InputError(f"{source}: {len(problems)} impossible plan row(s):\n  {shown}")
+        raise _refusal(source, problems)
+    return table
+
+
+def _outside(value: float, bounds: tuple[float, float]) -> bool:
+    """Whether `value` lies outside the closed interval `bounds`."""
+    return not bounds[0] <= value <= bounds[1]
+
+
+def _row_problems(k: int, row: dict, preset: Preset) -> list[str]:
+    """What is impossible about plan row `k` (1-based): gaps, fractions, unknown diagnosis, implausible values."""
+    missing = [c for c in NUMERIC_COLUMNS if pd.isna(row[c])]
+    if missing:
+        return [f"row {k}: missing {missing}"]
+    problems = [f"row {k}: {c} {row[c]} is not an integer" for c in INTEGER_COLUMNS if not float(row[c]).is_integer()]
+    edv, esv, ef, frames = row["edv_ml"], row["esv_ml"], row["ef_pct"], row["frames"]
+    z_max, t_max = preset.geometry.n_slices, preset.max_frames
+    if row["diagnosis"] not in DIAGNOSES:
+        problems.append(f"row {k}: unknown diagnosis {row['diagnosis']!r} (choose from {DIAGNOSES})")
+    if _outside(edv, EDV_RANGE_ML):
+        problems.append(f"row {k}: EDV {edv:g} ml outside the plausible {EDV_RANGE_ML[0]:g}..{EDV_RANGE_ML[1]:g} ml")
+    if esv > edv:
+        problems.append(f"row {k}: ESV {esv:g} ml above the EDV ({edv:g} ml)")
+    elif _outside(esv, ESV_RANGE_ML):
+        problems.append(f"row {k}: ESV {esv:g} ml outside the plausible {ESV_RANGE_ML[0]:g}..{ESV_RANGE_ML[1]:g} ml")
+    if _outside(ef, EF_RANGE_PCT):
+        problems.append(f"row {k}: EF {ef:g} % outside the plausible {EF_RANGE_PCT[0]:g}..{EF_RANGE_PCT[1]:g} %")
+    elif edv > 0 and abs(100 * (edv - esv) / edv - ef) > 1.0:
+        problems.append(f"row {k}: EF {ef:g} % disagrees with EDV/ESV")
+    if not 1 <= row["n_slices"] <= z_max:
+        problems.append(f"row {k}: n_slices {row['n_slices']} outside 1..{z_max} of preset {preset.name}")
+    if not 2 <= frames <= t_max:
+        problems.append(f"row {k}: frames {frames} outside 2..{t_max} of preset {preset.name}")
+    elif not 0 < row["es_frame"] < frames:
+        problems.append(f"row {k}: es_frame {row['es_frame']} outside 1..{int(frames) - 1}")
+    if not 0 <= row["seed"] < SEED_LIMIT:
+        problems.append(f"row {k}: seed {row['seed']} outside 0..2**63-1")
+    return problems
+
+
+def _refusal(source: str, problems: list[str]) -> InputError:
+    """A single-line error listing the problems of a plan (the first MAX_SHOWN of them)."""
+    more = f"; ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+    return InputError(f"{source}: {len(problems)} impossible plan row(s): {'; '.join(problems[:MAX_SHOWN])}{more}")
+
+
+def validate_plan(plan: pd.DataFrame, preset: Preset, source: str) -> pd.DataFrame:
+    """Reject an empty plan and impossible rows up front, naming each row by its number (1-based, as in a sheet)."""
+    if plan.empty:
+        raise InputError(f"{source}: plan has no rows")
+    problems = [p for k, row in enumerate(plan.to_dict("records"), start=1) for p in _row_problems(k, row, preset)]
+    if problems:
+        raise _refusal(source, problems)
     return plan.astype({"plan_row": int, "n_slices": int, "frames": int, "es_frame": int, "seed": "int64"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from factory.presets import get_preset
+
 STAGES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
 
 # Per preset and stage: steps, per-worker batch size, learning rate. The tiny numbers are sized for
@@ -65,10 +67,10 @@ class StageConfig:
 
 def stage_config(stage: str, preset: str, *, cohort: str, bundle: str, work: str, steps: int | None = None,
                  batch_size: int | None = None, **overrides) -> StageConfig:
-    """A stage's config: the preset's defaults, then any explicit value."""
+    """A stage's config: the preset's defaults, then any explicit value; an unknown preset is an InputError."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
-    base = dict(DEFAULTS.get(preset, DEFAULTS["tiny"])[stage])
+    base = dict(DEFAULTS[get_preset(preset).name][stage])
     base |= {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
     return StageConfig(stage=stage, preset=preset, cohort=cohort, bundle=bundle, work=work, **base,
                        **{k: v for k, v in overrides.items() if v is not None})

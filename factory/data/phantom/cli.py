@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from factory.cli_args import non_negative_int, positive_int
 from factory.data.phantom.cohort import generate_cohort
 
 
@@ -15,8 +16,9 @@ def _names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--subjects", type=int, required=True, help="number of subjects")
-    parser.add_argument("--seed", type=int, default=0, help="cohort seed (subject k depends on it and k only)")
+    parser.add_argument("--subjects", type=positive_int, required=True, help="number of subjects")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="cohort seed (subject k depends on it and k only)")
     parser.add_argument("--vendors", type=_names, default=["A", "B", "C"], help="vendors in turn, e.g. A,B,C")
     parser.add_argument("--diagnoses", type=_names, default=None,
                         help="diagnoses round-robin, e.g. NOR,DCM (default: all five)")
