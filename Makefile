@@ -52,7 +52,7 @@ demo: $(STAMP)
 	until ray job status --address $$addr $$id 2>&1 | grep -qiE "succeeded|failed|stopped"; do sleep 3; done; \
 	ray job status --address $$addr $$id 2>&1 | grep -qi succeeded || { echo "generation job failed"; exit 1; }; \
 	factory verify $(OUT)/synthetic.zarr; \
-	factory preview $(OUT)/synthetic.zarr --out $(OUT)/preview; \
+	factory preview $(OUT)/synthetic.zarr --out $(OUT)/preview --overwrite; \
 	echo; echo "demo finished:"; \
 	echo "  synthetic store : $(abspath $(OUT))/synthetic.zarr  (factory info / factory export / factory.stream.CineStream)"; \
 	echo "  previews        : $(abspath $(OUT))/preview/  (GIFs and montages per subject)"; \

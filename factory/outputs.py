@@ -78,11 +78,12 @@ def _relation(out: str, other: str) -> str | None:
 
 
 def check_output(url: str | Path, *, overwrite: bool, accept: Iterable[str], inputs: Iterable[str | Path] = (),
-                 is_file: bool = False) -> None:
+                 is_file: bool = False, hint: str = "use --overwrite to replace it") -> None:
     """Refuse `url` as an output unless it is free, or `overwrite` is set and it holds an output of a kind in `accept`.
 
     Also refuses an output that is, contains or lies inside one of `inputs`, and one whose parent
     path runs through an existing file. `is_file`: the output is a single file, not a folder.
+    `hint`: what the message for a used path tells the user to do.
     """
     url, accept = str(url), tuple(accept)
     for source in inputs:
@@ -100,14 +101,14 @@ def check_output(url: str | Path, *, overwrite: bool, accept: Iterable[str], inp
         if fs.isdir(root):
             raise StoreError(f"{url}: is a folder; give a file name for the output")
         if not overwrite:
-            raise StoreError(f"{url}: file already exists (use --overwrite to replace it)")
+            raise StoreError(f"{url}: file already exists ({hint})")
         return
     if not fs.isdir(root):
         raise StoreError(f"{url}: output path exists and is a file, not a folder")
     if not fs.ls(root, detail=False):
         return
     if not overwrite:
-        raise StoreError(f"{url}: output path already exists and is not empty (use --overwrite to replace it)")
+        raise StoreError(f"{url}: output path already exists and is not empty ({hint})")
     found = recognise(url)
     if found not in accept:
         what = f"a {found}" if found else "files cine-factory did not write"

@@ -254,3 +254,22 @@ def test_pack_halves_the_weights_and_keeps_the_models(bundle_dir, tmp_path):
         pack_bundle(bundle_dir, packed)
     pack_bundle(bundle_dir, packed, overwrite=True)  # a packed bundle may be replaced by a new one
     assert sorted(p.name for p in packed.iterdir()) == sorted(p.name for p in bundle_dir.iterdir() if p.is_file())
+
+
+def test_train_refuses_a_synthetic_cohort_and_a_used_folder(tmp_path):
+    from factory.train.runner import TrainOptions, train
+
+    from store_builders import write_store
+
+    synthetic = write_store(tmp_path / "syn.zarr", n=2, kind="synthetic")
+    with pytest.raises(StoreError, match="is a synthetic store, expected a cohort store"):
+        train(TrainOptions(cohort=synthetic, out=str(tmp_path / "bundle")))
+    cohort = write_store(tmp_path / "cohort.zarr", n=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(StoreError, match="give a new folder, or an existing bundle to resume"):
+        train(TrainOptions(cohort=cohort, out=str(mine)))
+    with pytest.raises(StoreError, match="lies inside the input"):
+        train(TrainOptions(cohort=cohort, out=f"{cohort}/bundle"))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not (tmp_path / "bundle").exists()

@@ -20,6 +20,7 @@ from ray.train.torch import TorchTrainer
 from factory.bundle import add_stage, read_config, start_bundle, training_fingerprint, update_config
 from factory.errors import BundleError, unwrapped
 from factory.models.build import build_model
+from factory.outputs import BUNDLE, check_output, recognise
 from factory.presets import get_preset
 from factory.store.reader import open_store
 from factory.train.checkpoint import STATE_FILE, export_weights
@@ -58,8 +59,11 @@ class TrainOptions:
 def train(options: TrainOptions) -> dict:
     """Train the requested stages in cascade order into the bundle `options.out`; returns bundle.json."""
     preset = get_preset(options.preset)
-    store = open_store(absolute(options.cohort))
+    store = open_store(absolute(options.cohort), kind="cohort")
     out = Path(options.out).resolve()
+    if recognise(out) != BUNDLE:  # a new bundle needs a free folder; an existing bundle is resumed
+        check_output(out, overwrite=False, accept=(BUNDLE,), inputs=[store.url],
+                     hint="give a new folder, or an existing bundle to resume")
     config = start_bundle(out, preset, training_fingerprint(store))
     options.work.mkdir(parents=True, exist_ok=True)
     (options.work / ".gitignore").write_text("*\n")  # checkpoints and latents never enter git
