@@ -63,7 +63,6 @@ class DiffusionConfig:
     beta_end: float = 0.0205
     prediction_type: str = "v_prediction"  # bounded x0 error at the terminal timestep, unlike epsilon
     sample_steps: int = 15
-    guidance_scale: float = 3.0
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,15 @@ def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True
     parser.add_argument("--seed", type=non_negative_int, default=0, help="plan seed (every row derives its own)")
     if with_preset:
         parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="preset the plan must fit")
-    parser.add_argument("--scheduler", choices=SAMPLERS, default="dpm++", help="diffusion sampler")
-    parser.add_argument("--steps", type=positive_int, default=15, help="denoising steps per diffusion stage")
-    parser.add_argument("--guidance", type=non_negative_float, default=3.0, help="classifier-free guidance scale")
-    parser.add_argument("--gate-attempts", type=positive_int, default=4,
+    defaults = SamplerSettings()  # the one place sampler defaults are set
+    parser.add_argument("--scheduler", choices=SAMPLERS, default=defaults.scheduler, help="diffusion sampler")
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps,
+                        help="denoising steps per diffusion stage")
+    parser.add_argument("--guidance", type=non_negative_float, default=defaults.guidance,
+                        help="classifier-free guidance scale of the anatomy LDM (1 = conditional branch only)")
+    parser.add_argument("--motion-guidance", type=non_negative_float, default=defaults.motion_guidance,
+                        help="classifier-free guidance scale of the motion LDM (1 = conditional branch only)")
+    parser.add_argument("--gate-attempts", type=positive_int, default=defaults.max_gate_attempts,
                         help="anatomy resampling bound of the quality gate")
 
 
@@ -70,7 +75,7 @@ def plan_from_args(args: argparse.Namespace, preset_name: str | None = None) -> 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     """The sampler settings of parsed arguments (their ranges are checked by argparse)."""
     return SamplerSettings(scheduler=args.scheduler, steps=args.steps, guidance=args.guidance,
-                           max_gate_attempts=args.gate_attempts)
+                           motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
