@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from factory.data.gate import check_ed_mask, check_labeled_mask
 from factory.record import centred_slice_mask
-from factory.sample.gate import check_ed_mask
 
 SPACING = (10.0, 2.5, 2.5)
 
@@ -56,3 +57,27 @@ def test_fragmented_cavity_fails():
     mask[4:8, 10:40, 50:60] = 3
     result = check_ed_mask(mask, SPACING)
     assert any("fragmented" in r for r in result.reasons)
+
+
+def test_labeled_mask_gate_accepts_a_small_end_systolic_cavity():
+    mask = heart()
+    mask[mask == 3] = 2
+    mask[2:10, 30:34, 28:32] = 3  # an 8 ml cavity in a thick wall, as at ES in a hypertrophied heart
+    assert check_labeled_mask(mask, SPACING).passed
+    assert any(r.startswith("LV volume") for r in check_ed_mask(mask, SPACING).reasons)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("empty", "mask is empty"), ("swapped", "not enclosed"), ("gap", "not contiguous"), ("no_rv", "RV volume")])
+def test_labeled_mask_gate_names_what_is_wrong(damage, reason):
+    mask = heart()
+    if damage == "empty":
+        mask[:] = 0
+    elif damage == "swapped":  # MYO and LV labels exchanged: the 'cavity' is a ring open to the outside
+        mask = np.choose(mask, [0, 1, 3, 2]).astype(np.uint8)
+    elif damage == "gap":
+        mask[5] = 0
+    else:
+        mask[mask == 1] = 0
+    result = check_labeled_mask(mask, SPACING)
+    assert not result.passed and any(reason in r for r in result.reasons), result.reasons

@@ -15,12 +15,12 @@ import pytest
 
 from factory.data.nifti import load_nifti, nifti_to_internal, save_nifti, zooms_to_spacing
 from factory.data.preprocess import preprocess
-from factory.data.readers import count_subjects, detect_layout, read_cohort
+from factory.data.readers import count_subjects, detect_layout, find_subjects, read_cohort
 from factory.errors import InputError
 from factory.presets import get_preset
 
-SPACING = (10.0, 1.5, 1.25)  # (z, y, x) mm
-VOXEL_ML = 10.0 * 1.5 * 1.25 / 1000
+SPACING = (10.0, 3.0, 2.5)  # (z, y, x) mm: coarse pixels make the small test heart adult-sized
+VOXEL_ML = 10.0 * 3.0 * 2.5 / 1000
 SHAPE = (6, 40, 32)  # (Z, H, W)
 N_FRAMES = 5
 LV_ED_VOXELS = 4 * 10 * 8
@@ -28,12 +28,14 @@ LV_ES_VOXELS = 4 * 6 * 4
 
 
 def heart(es: bool, shape=SHAPE, z0: int = 1, labels=(1, 2, 3)) -> np.ndarray:
-    """(Z, H, W) blocky heart off the image centre: LV box (known size), MYO shell, RV box."""
+    """(Z, H, W) blocky heart off the image centre: LV box (known size) inside a MYO shell, RV box.
+
+    At the default spacing it passes the ingest gate at both phases (LV 24 / 7 ml, MYO >= 43 ml, RV 14 ml).
+    """
     rv, myo, lv = labels
     mask = np.zeros(shape, np.uint8)
     zs = slice(z0, z0 + 4)
-    mask[zs, 12:28, 6:20] = myo
-    mask[zs, 15:25, 10:18] = 0
+    mask[zs, 12:28, 6:20] = myo  # the wall thickens into the cavity at ES
     if es:
         mask[zs, 17:23, 12:16] = lv
     else:
@@ -150,10 +152,39 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _bad_acdc(tmp_path: Path, problem: str) -> str:
-    """Write an ACDC cohort with one `problem`; return the name of the file at fault."""
-    folder = write_acdc(tmp_path)
-    image, gt = folder / "patient001_4d.nii.gz", folder / "patient001_frame02_gt.nii.gz"
+def _set_zooms(path: Path, zooms: tuple[float, float, float]) -> None:
+    """Write raw pixdim[1..3] (i, j, k) into a .nii.gz header: nibabel alone would refuse or 'fix' them."""
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    header[80:92] = struct.pack("<3f", *zooms)
+    path.write_bytes(gzip.compress(bytes(header)))
+
+
+# (i, j, k) zooms no cine has; "tiny" once overflowed int16 in preprocessing (MONAI's crop window)
+BAD_ZOOMS = {"spacing_zero": (0.0, 3.0, 10.0), "spacing_negative": (-2.5, 3.0, 10.0),
+             "spacing_nan": (math.nan, 3.0, 10.0), "spacing_tiny": (1e-6, 1e-6, 10.0),
+             "spacing_huge": (40.0, 40.0, 10.0), "slices_thick": (2.5, 3.0, 80.0)}
+# problems of the image file that every reader refuses, and the (lower-case) phrase that says so
+IMAGE_PROBLEMS = {"nan": "nan/inf voxels", "constant": "image is constant", "constant_frame": "frame 3 (0-based)",
+                  **{name: "spacing" if name in ("spacing_nan", "spacing_tiny", "spacing_huge", "slices_thick")
+                     else "pixdim" for name in BAD_ZOOMS}}
+
+
+def _bad_acdc(tmp_path: Path, problem: str, pid: str = "patient001") -> str:
+    """Write an ACDC subject `pid` with one `problem`; return the name of the file (or subject folder) at fault."""
+    folder = write_acdc(tmp_path, pid=pid)
+    image, gt = folder / f"{pid}_4d.nii.gz", folder / f"{pid}_frame02_gt.nii.gz"
+    if problem in BAD_ZOOMS:
+        _set_zooms(image, BAD_ZOOMS[problem])
+        return image.name
+    if problem in ("constant", "constant_frame"):
+        data = cine()
+        data[3 if problem == "constant_frame" else slice(None)] = 7.0
+        save_nifti(data, SPACING, image)
+        return image.name
+    if problem in ("empty_mask", "swapped_labels"):  # refused by ingest's gate, not by the reader
+        save_nifti(np.zeros(SHAPE, np.uint8) if problem == "empty_mask" else heart(False, labels=(1, 3, 2)),
+                   SPACING, gt)
+        return folder.name
     if problem == "truncated":
         _truncate(image)
         return image.name
@@ -175,11 +206,23 @@ def _bad_acdc(tmp_path: Path, problem: str) -> str:
     return "Info.cfg"
 
 
-@pytest.mark.parametrize("problem", ["truncated", "no_4d", "nan", "mask_shape", "labels", "no_ed", "es_range"])
+@pytest.mark.parametrize("problem", ["truncated", "no_4d", "mask_shape", "labels", "no_ed", "es_range",
+                                     *IMAGE_PROBLEMS])
 def test_bad_acdc_input_names_the_file(tmp_path, problem):
     name = _bad_acdc(tmp_path, problem)
-    with pytest.raises(InputError, match=re.escape(name)):
+    with pytest.raises(InputError, match=re.escape(name)) as refused:
         list(read_cohort(tmp_path))
+    assert IMAGE_PROBLEMS.get(problem, "") in str(refused.value).lower()
+
+
+def test_subjects_are_found_before_and_read_one_by_one(tmp_path):
+    write_acdc(tmp_path, pid="patient000")
+    _bad_acdc(tmp_path, "constant")  # patient001
+    first, second = find_subjects(tmp_path)
+    assert (first.subject_id, second.subject_id) == ("patient000", "patient001")
+    assert first.read().subject_id == "patient000"
+    with pytest.raises(InputError, match="constant"):
+        second.read()
 
 
 @pytest.mark.parametrize("problem", ["2d", "zero_spacing", "truncated"])
@@ -188,9 +231,8 @@ def test_bad_plain_nifti_names_the_file(tmp_path, problem):
     if problem == "2d":
         nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), path)
     elif problem == "zero_spacing":
-        header = bytearray(nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4)).to_bytes())
-        header[84:88] = struct.pack("<f", 0.0)  # pixdim[2]: nibabel alone would quietly make it 1 mm
-        path.write_bytes(gzip.compress(bytes(header)))
+        save_nifti(cine()[0], SPACING, path)
+        _set_zooms(path, (2.5, 0.0, 10.0))  # pixdim[2]: nibabel alone would quietly make it 1 mm
     else:
         save_nifti(cine(), SPACING, path)
         _truncate(path)

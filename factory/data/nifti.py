@@ -8,8 +8,9 @@ reversal: zooms (i, j, k) -> spacing_mm (z, y, x).
 from __future__ import annotations
 
 import gzip
-import math
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +25,12 @@ _READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, 
 # nibabel silently "fixes" header problems below this level (e.g. a zero voxel size becomes 1 mm);
 # from it up (zero/negative pixdim, bad magic, datatype, offsets) they raise instead.
 _HEADER_ERROR_LEVEL = 30
+# Voxel spacing (mm) a cine can have. Clinical in-plane pixels are 0.5-3 mm and slices 5-10 mm (ACDC:
+# 0.70-1.95 mm, 5-10 mm); the bounds are generous, and what lies outside comes from a broken header and
+# breaks preprocessing: sub-0.1 mm voxels stretch the crop window past int16 (MONAI's SpatialCrop), and
+# very coarse ones blow up the resampled grid.
+IN_PLANE_MM = (0.1, 10.0)
+SLICE_MM = (0.1, 50.0)
 
 
 def is_nifti(path: Path) -> bool:
@@ -40,18 +47,29 @@ def nifti_stem(path: Path) -> str:
     return name
 
 
+@contextmanager
+def _nibabel_silenced() -> Iterator[None]:
+    """Mute nibabel's logger, which prints the header problems it then raises on (the error says it all)."""
+    logger = nib.imageglobals.logger
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = was_disabled
+
+
 def load_nifti(path: Path, ndims: tuple[int, ...] = (3, 4)) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Read a NIfTI volume as float32 (i, j, k[, t]) with its affine and spatial zooms (i, j, k).
 
     Every way a file can be unusable (missing, truncated or corrupt, unexpected dimensionality,
-    NaN/inf voxels, non-positive voxel spacing) raises an `InputError` that names the file.
+    NaN/inf voxels, impossible voxel spacing) raises an `InputError` that names the file.
     Trailing singleton axes beyond the fourth (e.g. a 5D (i, j, k, t, 1) file) are dropped.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such NIfTI file")
     try:
-        with nib.imageglobals.ErrorLevel(_HEADER_ERROR_LEVEL), nib.imageglobals.LoggingOutputSuppressor():
+        with nib.imageglobals.ErrorLevel(_HEADER_ERROR_LEVEL), _nibabel_silenced():
             image = nib.load(path)
         data = np.asarray(image.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
@@ -64,9 +82,17 @@ def load_nifti(path: Path, ndims: tuple[int, ...] = (3, 4)) -> tuple[np.ndarray,
                          f"got {data.ndim}D with shape {data.shape}")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: contains {np.count_nonzero(~np.isfinite(data))} NaN/inf voxels")
-    if len(zooms) < 3 or not all(0 < z < math.inf for z in zooms):
-        raise InputError(f"{path}: voxel spacing must be positive, header gives {zooms}")
+    _check_spacing(zooms, path)
     return data, np.asarray(image.affine, dtype=np.float64), zooms
+
+
+def _check_spacing(zooms: tuple[float, ...], path: Path) -> None:
+    """Refuse NIfTI zooms (i, j, k) outside `IN_PLANE_MM` (i, j) and `SLICE_MM` (k): no cine has them."""
+    bounds = (IN_PLANE_MM, IN_PLANE_MM, SLICE_MM)
+    if len(zooms) < 3 or not all(low <= z <= high for z, (low, high) in zip(zooms, bounds)):
+        given = " x ".join(f"{z:.3g}" for z in zooms)
+        raise InputError(f"{path}: impossible voxel spacing {given} mm (i, j, k); expected in-plane "
+                         f"{IN_PLANE_MM[0]:g}-{IN_PLANE_MM[1]:g} mm and slices {SLICE_MM[0]:g}-{SLICE_MM[1]:g} mm")
 
 
 def nifti_to_internal(data: np.ndarray) -> np.ndarray:

@@ -3,13 +3,16 @@
 Every reader returns raw float32 intensities at the native spacing with the NIfTI affine set, the
 cycle rolled so that frame 0 is ED, masks in the project's labels (1 RV, 2 MYO, 3 LV) and the
 clinical values measured at native resolution (NaN when ED or ES is unlabeled). Anything malformed
-raises an `InputError` that names the file at fault.
+(unreadable, NaN/inf or constant image frames, impossible voxel spacing, bad labels) raises an
+`InputError` that names the file at fault.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,6 +40,11 @@ def _acdc_folders(root: Path) -> list[Path]:
 
 def _mnms_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*_sa.nii*") if is_nifti(p) and nifti_stem(p).endswith("_sa"))
+
+
+def _mnms_code(image_path: Path) -> str:
+    """The subject code of an M&Ms `<code>_sa.nii.gz` (its id in the metadata CSV)."""
+    return nifti_stem(image_path)[: -len("_sa")]
 
 
 def _nifti_files(root: Path) -> list[Path]:
@@ -76,9 +84,15 @@ def count_subjects(src: Path, layout: str = "auto") -> int:
     return len(_FINDERS[_resolve(src, layout)](src))
 
 
-def read_cohort(src: Path, layout: str = "auto", *, full_gt: bool = False, source: str | None = None,
-                vendor: str | None = None) -> Iterator[Subject]:
-    """Yield the subjects of a cohort folder one at a time (memory flat in the cohort size).
+class SubjectFile(NamedTuple):
+    """A subject found in a cohort, not read yet: its id, and `read()` that reads (or refuses) it alone."""
+    subject_id: str
+    read: Callable[[], Subject]
+
+
+def find_subjects(src: Path, layout: str = "auto", *, full_gt: bool = False, source: str | None = None,
+                  vendor: str | None = None) -> list[SubjectFile]:
+    """The subjects of a cohort folder, unread, in reading order (ids known before any image is read).
 
     `source` / `vendor` replace the layout's defaults (ACDC: 'acdc' / 'Siemens'; M&Ms: 'mnms' /
     'unknown'; NIfTI: 'nifti' / 'unknown'); the cohort's own metadata (an ACDC-layout
@@ -90,18 +104,30 @@ def read_cohort(src: Path, layout: str = "auto", *, full_gt: bool = False, sourc
     paths = _FINDERS[layout](src)
     if layout == "acdc":
         table = _read_table([p for p in [src / "metadata.csv"] if p.is_file()], "subject_id")
-        for folder in paths:
-            yield read_acdc_subject(folder, table.get(folder.name, {}), full_gt=full_gt,
-                                    source=source or "acdc", vendor=vendor or "Siemens")
-    elif layout == "mnms":
+        return [SubjectFile(folder.name, partial(read_acdc_subject, folder, table.get(folder.name, {}),
+                                                 full_gt=full_gt, source=source or "acdc",
+                                                 vendor=vendor or "Siemens"))
+                for folder in paths]
+    if layout == "mnms":
         table = _read_table(sorted(src.glob("*.csv")), MNMS_ID_COLUMN)
         if not table:
             raise InputError(f"{src}: M&Ms layout needs a metadata CSV with an {MNMS_ID_COLUMN!r} column")
-        for image_path in paths:
-            yield read_mnms_subject(image_path, table, source=source or "mnms", vendor=vendor or "unknown")
-    else:
-        for path in paths:
-            yield read_nifti_subject(path, source=source or "nifti", vendor=vendor or "unknown")
+        return [SubjectFile(_mnms_code(path), partial(read_mnms_subject, path, table, source=source or "mnms",
+                                                      vendor=vendor or "unknown"))
+                for path in paths]
+    return [SubjectFile(nifti_stem(path), partial(read_nifti_subject, path, source=source or "nifti",
+                                                  vendor=vendor or "unknown"))
+            for path in paths]
+
+
+def read_cohort(src: Path, layout: str = "auto", *, full_gt: bool = False, source: str | None = None,
+                vendor: str | None = None) -> Iterator[Subject]:
+    """Yield the subjects of a cohort folder one at a time (memory flat in the cohort size).
+
+    Arguments as for `find_subjects`; the first malformed subject raises its `InputError`.
+    """
+    for found in find_subjects(src, layout, full_gt=full_gt, source=source, vendor=vendor):
+        yield found.read()
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -129,6 +155,19 @@ def _find_nifti(folder: Path, stem: str) -> Path | None:
     """`folder/stem.nii.gz` or `folder/stem.nii`, whichever exists (None if neither)."""
     candidates = (folder / f"{stem}{suffix}" for suffix in NIFTI_SUFFIXES)
     return next((path for path in candidates if path.is_file()), None)
+
+
+def _load_image(path: Path, ndims: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """`load_nifti` for a cine image, refusing a constant image or frame: nothing to learn, no contrast to scale."""
+    image, affine, zooms = load_nifti(path, ndims=ndims)
+    low, high = (np.atleast_1d(reduce(image, axis=(0, 1, 2))) for reduce in (np.min, np.max))
+    if low.min() == high.max():
+        raise InputError(f"{path}: image is constant (every voxel is {low[0]:g})")
+    flat = np.flatnonzero(low == high)
+    if flat.size:
+        raise InputError(f"{path}: frame {flat[0]} (0-based) of {low.size} is constant (every voxel is "
+                         f"{low[flat[0]]:g})")
+    return image, affine, zooms
 
 
 def _load_labels(path: Path, image_shape: tuple[int, ...], image_path: Path) -> np.ndarray:
@@ -198,7 +237,7 @@ def read_acdc_subject(folder: Path, row: dict | None = None, *, full_gt: bool = 
     image_path = _find_nifti(folder, f"{pid}_4d")
     if image_path is None:
         raise InputError(f"{folder}: missing the cine sequence {pid}_4d.nii.gz")
-    image, affine, zooms = load_nifti(image_path, ndims=(4,))
+    image, affine, zooms = _load_image(image_path, ndims=(4,))
     n_frames = image.shape[3]
     ed, es = int(info["ED"]) - 1, int(info["ES"]) - 1
     _check_cycle(ed, es, n_frames, info_path)
@@ -226,11 +265,11 @@ def read_mnms_subject(image_path: Path, table: dict[str, dict], *, source: str =
                       vendor: str = "unknown") -> Subject:
     """One M&Ms `<code>_sa.nii.gz` with its optional `_sa_gt` and its row of the metadata CSV."""
     image_path = Path(image_path)
-    code = nifti_stem(image_path)[: -len("_sa")]
+    code = _mnms_code(image_path)
     row = table.get(code)
     if row is None:
         raise InputError(f"{image_path}: subject {code!r} has no row in the M&Ms metadata CSV")
-    image, affine, zooms = load_nifti(image_path, ndims=(4,))
+    image, affine, zooms = _load_image(image_path, ndims=(4,))
     n_frames = image.shape[3]
     try:
         ed, es = int(row["ED"]), int(row["ES"])
@@ -257,7 +296,7 @@ def read_mnms_subject(image_path: Path, table: dict[str, dict], *, source: str =
 def read_nifti_subject(path: Path, *, source: str = "nifti", vendor: str = "unknown") -> Subject:
     """One unlabeled 3D (one frame) or 4D NIfTI file; its phase in the cycle is unknown."""
     path = Path(path)
-    image, affine, zooms = load_nifti(path, ndims=(3, 4))
+    image, affine, zooms = _load_image(path, ndims=(3, 4))
     n_frames = image.shape[3] if image.ndim == 4 else 1
     meta = {"source": source, "vendor": vendor, "diagnosis": None, "origin": str(path)}
     return _build(nifti_stem(path), image, np.zeros(image.shape, dtype=np.uint8),

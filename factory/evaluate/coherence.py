@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from factory.data.clinical import label_volumes_ml
+from factory.data.gate import check_ed_mask
 from factory.evaluate.overlap import STRUCTURES, dice
 from factory.evaluate.stats import mean_sd
 from factory.record import PHASE_ES
-from factory.sample.gate import check_ed_mask
 from factory.store.reader import Store
 
 
