@@ -17,7 +17,7 @@ from factory.data.phantom.cohort import METADATA_COLUMNS
 from factory.data.phantom.subject import sample_anatomy
 from factory.data.readers import read_acdc_subject
 from factory.presets import DIAGNOSES
-from factory.sample.plan import row_seed
+from factory.seeds import derive_seed
 
 N_SUBJECTS = 10
 
@@ -39,7 +39,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_writes_the_acdc_layout(cohort, metadata):
-    assert sorted(p.name for p in cohort.iterdir()) == ["metadata.csv"] + [f"patient{k:03d}" for k in range(1, 11)]
+    assert sorted(p.name for p in cohort.iterdir()) == [".cine-factory.json", "metadata.csv"] + [f"patient{k:03d}" for k in range(1, 11)]
     assert list(metadata.columns) == list(METADATA_COLUMNS)
     assert list(metadata["diagnosis"]) == list(DIAGNOSES) * 2  # round-robin
     assert list(metadata["vendor"][:4]) == ["A", "B", "C", "A"]
@@ -98,8 +98,8 @@ def test_same_seed_gives_identical_files_whatever_the_cohort_size(cohort, tmp_pa
     again = generate_cohort(tmp_path / "again", 2, seed=0)
     for subject_id in again["subject_id"]:
         assert _files(tmp_path / "again" / subject_id) == _files(cohort / subject_id)
-    other = generate_subject(0, row_seed(1, 0), "NOR", "A", render_image=False)
-    assert not np.array_equal(other.mask[0], generate_subject(0, row_seed(0, 0), "NOR", "A", render_image=False).mask[0])
+    other = generate_subject(0, derive_seed(1, 0), "NOR", "A", render_image=False)
+    assert not np.array_equal(other.mask[0], generate_subject(0, derive_seed(0, 0), "NOR", "A", render_image=False).mask[0])
 
 
 def test_refuses_a_used_output_folder_unless_overwriting(cohort, tmp_path, capsys):
@@ -111,9 +111,14 @@ def test_refuses_a_used_output_folder_unless_overwriting(cohort, tmp_path, capsy
     used.mkdir()
     (used / "stale.txt").write_text("x")
     assert main(["phantom", "--out", str(used), "--subjects", "1", "--seed", "0", "--vendors", "C",
-                 "--overwrite"]) == 0
-    assert sorted(p.name for p in used.iterdir()) == ["metadata.csv", "patient001"]
-    assert not list(tmp_path.glob(".used.tmp-*"))
+                 "--overwrite"]) == 2, "--overwrite never deletes a folder of other files"
+    assert "did not write" in capsys.readouterr().err and (used / "stale.txt").exists()
+    earlier = tmp_path / "earlier"
+    for n in (2, 1):  # an earlier phantom cohort is replaced
+        assert main(["phantom", "--out", str(earlier), "--subjects", str(n), "--seed", "0", "--vendors", "C",
+                     "--overwrite"]) == 0
+    assert sorted(p.name for p in earlier.iterdir()) == [".cine-factory.json", "metadata.csv", "patient001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "used"], "no staging folder left behind"
     assert main(["phantom", "--out", str(tmp_path / "x"), "--subjects", "1", "--vendors", "Z"]) == 2
 
 
@@ -131,7 +136,7 @@ def test_image_contrast_is_bssfp_like(cohort, metadata):
 
 @pytest.mark.parametrize("diagnosis", DIAGNOSES)
 def test_motion_conserves_myocardium_and_reaches_es_at_the_recorded_frame(diagnosis):
-    subject = generate_subject(3, row_seed(5, DIAGNOSES.index(diagnosis)), diagnosis, "A", render_image=False)
+    subject = generate_subject(3, derive_seed(5, DIAGNOSES.index(diagnosis)), diagnosis, "A", render_image=False)
     volumes = label_volumes_ml(subject.mask, subject.spacing_mm)
     assert int(np.argmin(volumes["lv"])) == subject.es_frame
     assert int(np.argmax(volumes["lv"])) == 0
@@ -158,7 +163,7 @@ def anatomy_cohort() -> pd.DataFrame:
     """Clinical values of 100 subjects (20 per diagnosis), measured from their ED and ES masks only."""
     rows = []
     for k in range(100):
-        anatomy = sample_anatomy(row_seed(0, k), DIAGNOSES[k % 5], "ABC"[k % 3])
+        anatomy = sample_anatomy(derive_seed(0, k), DIAGNOSES[k % 5], "ABC"[k % 3])
         mask = anatomy.raster.full_labels(np.array([0, anatomy.es_frame]))
         rows.append({"diagnosis": anatomy.diagnosis, **measure(mask, anatomy.spacing_mm, es_frame=1)})
     return pd.DataFrame(rows)

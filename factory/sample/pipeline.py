@@ -21,6 +21,7 @@ from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
+from factory.seeds import derive_seed
 
 MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (distinct from gate attempts)
 
@@ -47,8 +48,7 @@ class Generated:
 
 def row_generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     """A torch generator for one (row seed, stream) pair: gate attempt k uses stream k."""
-    state = np.random.SeedSequence([int(seed), stream]).generate_state(2, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state >> np.uint64(1)))
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, stream))
 
 
 class CinePipeline:

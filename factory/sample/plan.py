@@ -17,6 +17,7 @@ import pandas as pd
 from factory.data.priors import ClinicalPriors
 from factory.errors import InputError
 from factory.presets import DIAGNOSES, Preset
+from factory.seeds import derive_seed
 
 PLAN_COLUMNS = ("plan_row", "diagnosis", "edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
 NUMERIC_COLUMNS = ("edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
@@ -30,11 +31,6 @@ MAX_SHOWN = 20  # problems listed in one error
 EDV_RANGE_ML = (10.0, 1000.0)
 ESV_RANGE_ML = (1.0, 950.0)
 EF_RANGE_PCT = (2.0, 95.0)
-
-
-def row_seed(plan_seed: int, row: int) -> int:
-    """A 63-bit seed for plan row `row`, independent of the plan's length."""
-    return int(np.random.SeedSequence([plan_seed, row]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def diagnosis_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
@@ -113,7 +109,7 @@ def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = No
                 del remaining[d]
     rows = []
     for k, diagnosis in enumerate(sequence):
-        seed_k = row_seed(seed, k)
+        seed_k = derive_seed(seed, k)
         draw = priors.sample(diagnosis, np.random.default_rng(seed_k))
         drawn_frames = int(draw["n_frames"])
         t = drawn_frames if frames is None else frames
@@ -147,7 +143,7 @@ def load_plan(path: Path, preset: Preset, seed: int = 0) -> pd.DataFrame:
     if "es_frame" not in table:
         table["es_frame"] = np.clip(np.round(table["frames"] * ES_FRACTION), 1, table["frames"] - 1)
     if "seed" not in table:
-        table["seed"] = [row_seed(seed, k) for k in range(len(table))]
+        table["seed"] = [derive_seed(seed, k) for k in range(len(table))]
     return validate_plan(table[list(PLAN_COLUMNS)], preset, source=str(path))
 
 

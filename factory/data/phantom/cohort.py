@@ -8,8 +8,6 @@ a temporary sibling folder that is renamed at the end, so a folder with that nam
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,12 +19,14 @@ from factory.data.nifti import save_nifti
 from factory.data.phantom.imaging import VENDORS
 from factory.data.phantom.subject import PhantomSubject, generate_subject
 from factory.errors import InputError
+from factory.outputs import replacing
 from factory.presets import DIAGNOSES
-from factory.sample.plan import row_seed
+from factory.seeds import derive_seed
 
 METADATA_COLUMNS: tuple[str, ...] = (
     "subject_id", "source", "vendor", "diagnosis", "n_frames", "n_slices", "ed_frame", "es_frame",
     "spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "height_m", "weight_kg", "seed") + CLINICAL_COLUMNS
+KIND = "phantom-cohort"  # the output folder's kind: --overwrite replaces only an earlier phantom cohort
 COMPRESSLEVEL = 1  # the noisy int16 cine barely compresses; level 1 is ~4x faster than 6
 
 
@@ -68,18 +68,6 @@ def _check_names(names: Sequence[str], known: Sequence[str], what: str) -> list[
     return names
 
 
-def _prepare(out_dir: Path, overwrite: bool) -> Path:
-    """Refuse a used output folder (unless overwriting) and return a fresh temporary sibling."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"{out_dir}: output folder exists and is not empty (use --overwrite to replace it)")
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def generate_cohort(out_dir: Path, n_subjects: int, seed: int, vendors: Sequence[str] = ("A", "B", "C"),
                     diagnoses: Sequence[str] | None = None, overwrite: bool = False) -> pd.DataFrame:
     """Write `n_subjects` phantom subjects; diagnoses round-robin, vendors in turn; returns metadata.
@@ -90,20 +78,12 @@ def generate_cohort(out_dir: Path, n_subjects: int, seed: int, vendors: Sequence
         raise InputError(f"number of subjects must be >= 1, got {n_subjects}")
     vendors = _check_names(vendors, sorted(VENDORS), "vendors")
     diagnoses = _check_names(diagnoses or DIAGNOSES, DIAGNOSES, "diagnoses")
-    out_dir = Path(out_dir)
-    tmp = _prepare(out_dir, overwrite)
-    try:
+    with replacing(out_dir, KIND, overwrite=overwrite) as tmp:  # built beside out_dir, swapped in when complete
         rows = []
         for k in range(n_subjects):
-            subject = generate_subject(k, row_seed(seed, k), diagnoses[k % len(diagnoses)], vendors[k % len(vendors)])
+            subject = generate_subject(k, derive_seed(seed, k), diagnoses[k % len(diagnoses)], vendors[k % len(vendors)])
             write_subject(subject, tmp)
             rows.append(metadata_row(subject))
         table = pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
         table.to_csv(tmp / "metadata.csv", index=False, float_format="%.6g")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return table
