@@ -1,1 +1,1 @@
-"""Sampling: plans (what to generate), the cascade pipeline (how), the quality gate."""
+"""Sampling: plans (what to generate), the cascade pipeline (how), and the Ray Data generation job."""
