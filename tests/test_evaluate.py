@@ -241,3 +241,16 @@ def test_output_directory_rules(tmp_path):
         (staging / "report.md").write_text("# new")
     assert sorted(p.name for p in earlier.iterdir()) == [".cine-factory.json", "report.md"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder left behind"
+
+
+@pytest.mark.parametrize("swap, expected", [("synthetic", "expected a synthetic store"),
+                                             ("cohort", "expected a cohort store")])
+def test_store_kinds_must_match_their_role(toy_stores, tmp_path, swap, expected):
+    from factory.evaluate.job import EvaluationSpec, evaluate
+
+    stores = dict(toy_stores)
+    stores[swap] = toy_stores["cohort" if swap == "synthetic" else "synthetic"]
+    spec = EvaluationSpec(synthetic=stores["synthetic"], cohort=stores["cohort"], out=str(tmp_path / "eval"))
+    with pytest.raises(StoreError, match=expected):
+        evaluate(spec)
+    assert not (tmp_path / "eval").exists()
