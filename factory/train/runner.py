@@ -18,7 +18,7 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from factory.bundle import add_stage, read_config, start_bundle, training_fingerprint, update_config
-from factory.errors import BundleError, unwrapped
+from factory.errors import BundleError
 from factory.models.build import build_model
 from factory.outputs import BUNDLE, check_output, recognise
 from factory.presets import get_preset
@@ -115,8 +115,7 @@ def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    with unwrapped():  # e.g. a corrupt cohort chunk found by a worker: its one-line message, not Ray's traceback
-        return trainer.fit()
+    return trainer.fit()
 
 
 def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall_s: float,
