@@ -30,7 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=positive_int, default=1, help="sampler actors (one model copy each)")
     parser.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0,
                         help="GPUs per sampler actor (0 = CPU)")
-    parser.add_argument("--cpus-per-worker", type=positive_float, default=1.0, help="CPUs per sampler actor")
+    parser.add_argument("--cpus-per-worker", type=positive_float,
+                        help="CPUs (torch threads) per sampler actor (default: CPU runs share the cluster's CPUs"
+                             " equally, at most one node's; GPU runs 1)")
     parser.add_argument("--batch-size", type=positive_int, default=4,
                         help="plan rows sampled together by one actor call")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run into the same --out")

@@ -44,15 +44,16 @@ class RunSpec:
     batch_size: int = 4
     workers: int = 1
     gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: an equal share of the cluster's CPUs (CPU runs), 1 (GPU runs)
 
 
 class SamplerActor:
     """Ray Data callable class: loads the bundle once, turns plan groups into subject blocks."""
 
-    def __init__(self, bundle: str, settings: dict, plan: pd.DataFrame):
+    def __init__(self, bundle: str, settings: dict, plan: pd.DataFrame, threads: int):
         import torch
 
+        torch.set_num_threads(threads)  # the CPUs Ray reserved for this actor, all of them used
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.pipeline = CinePipeline.from_bundle(load_bundle(bundle, device=device), SamplerSettings(**settings),
                                                  device=device)
@@ -103,9 +104,10 @@ def plan_groups(n_rows: int, batch_size: int) -> list[list[int]]:
     return [list(range(s, min(s + batch_size, n_rows))) for s in range(0, n_rows, batch_size)]
 
 
-def run_attributes(spec: RunSpec) -> dict:
-    """Store attributes that pin down the output: sampler settings, grouping and the bundle's identity."""
-    return {"sampler": {**asdict(spec.settings), "batch_size": spec.batch_size},
+def run_attributes(spec: RunSpec, threads: int) -> dict:
+    """Store attributes that pin down the output: sampler settings, grouping, torch threads per actor (the
+    float rounding of a UNet call depends on them) and the bundle's identity."""
+    return {"sampler": {**asdict(spec.settings), "batch_size": spec.batch_size, "threads": threads},
             "bundle": {"path": spec.bundle, "sha256": sha256_file(Path(spec.bundle) / BUNDLE_FILE),
                        "code_version": read_config(spec.bundle)["code_version"]}}
 
@@ -121,8 +123,9 @@ def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bo
     if url != spec.out:
         remove(url)  # a replacement that was started and never resumed
     bundle_preset = PRESETS[read_config(spec.bundle)["preset"]]
+    threads = actor_threads(spec.cpus_per_worker) if spec.cpus_per_worker else cpu_share(spec)
     writer = StoreWriter.create(url, n_subjects=len(plan), preset=bundle_preset, kind="synthetic",
-                                max_frames=int(plan["frames"].max()), attrs=run_attributes(spec))
+                                max_frames=int(plan["frames"].max()), attrs=run_attributes(spec, threads))
     buffer = io.BytesIO()
     plan.to_parquet(buffer, index=False)
     with writer.fs.open(join(writer.root, PLAN_FILE), "wb") as f:
@@ -140,10 +143,12 @@ def reopen_run(spec: RunSpec, plan: pd.DataFrame) -> StoreWriter:
         stored = pd.read_parquet(io.BytesIO(f.read()))
     if not stored.reset_index(drop=True).equals(plan.reset_index(drop=True)):
         raise StoreError(f"{spec.out}: --resume with a different plan than the one the store was started with")
-    attrs = run_attributes(spec)
-    if writer.attrs.get("sampler") != attrs["sampler"]:
+    stored = writer.attrs.get("sampler", {})
+    threads = actor_threads(spec.cpus_per_worker) if spec.cpus_per_worker else stored.get("threads")
+    attrs = run_attributes(spec, threads)  # default CPUs: the resumed run keeps the threads it started with
+    if stored != attrs["sampler"]:
         raise StoreError(f"{spec.out}: --resume with sampler settings {attrs['sampler']}, but the store was"
-                         f" started with {writer.attrs.get('sampler')}")
+                         f" started with {stored}")
     if writer.attrs.get("bundle", {}).get("sha256") != attrs["bundle"]["sha256"]:
         raise StoreError(f"{spec.out}: --resume with another model bundle than the store was started with")
     return writer
@@ -169,13 +174,14 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     done = writer.committed()
     todo = [g for g in plan_groups(len(plan), spec.batch_size) if not set(g) <= done]
     if todo:
-        if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
-            ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+        connect()
+        threads = writer.attrs["sampler"]["threads"]
         groups = ray.data.from_items([{"rows": json.dumps(g)} for g in todo], override_num_blocks=len(todo))
         subjects = groups.map_batches(
             SamplerActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=spec.workers),
-            num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker,
-            fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan})
+            num_cpus=spec.cpus_per_worker or threads, num_gpus=spec.gpus_per_worker,
+            fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan,
+                                   "threads": threads})
         # Writes reserve no CPU: with a logical CPU each, they would wait behind sampler actors that hold
         # every CPU of a small node, and subjects would pile up in the object store until the end.
         with unwrapped():
@@ -184,6 +190,27 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     if writer.url != spec.out:
         swap(writer.url, spec.out)  # the finished replacement takes the earlier store's place
     return summarize(spec.out, sum(len(g) for g in todo), time.perf_counter() - start)
+
+
+def connect() -> None:
+    """Join the cluster of `ray job submit` (RAY_ADDRESS), or start a local Ray instance."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+
+
+def actor_threads(cpus_per_worker: float) -> int:
+    """Torch threads of an actor that Ray gives `cpus_per_worker` CPUs (a fraction still runs one)."""
+    return max(1, int(cpus_per_worker))
+
+
+def cpu_share(spec: RunSpec) -> int:
+    """CPUs per sampler actor by default: on CPU runs an equal share of the cluster's CPUs, at most one
+    node's worth (an actor runs on one node); on GPU runs 1 (the GPU does the work)."""
+    if spec.gpus_per_worker > 0:
+        return 1
+    connect()
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    return max(1, min(int(max(nodes, default=1)), int(sum(nodes)) // spec.workers))
 
 
 def summarize(url: str, generated: int, seconds: float) -> dict:
