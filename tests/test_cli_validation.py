@@ -154,6 +154,8 @@ ONE_LINE_ERRORS = [
     ("generate", [*GENERATE, "--frames", "0"], ["--frames 0"]),
     ("generate", [*GENERATE, "--mix", "NOR=2"], ["--mix", "sum to 2"]),
     ("generate", ["--out", "{tmp}/syn.zarr", "--plan", "{tmp}/bad.csv"], ["bad.csv", "row 2", "edv_ml 'abc'"]),
+    ("generate", [*GENERATE, "--tolerance", "ef=-1"], ["--tolerance", "'ef=-1'", "> 0"]),
+    ("generate", [*GENERATE, "--tolerance", "mass=3"], ["--tolerance", "'mass=3'", "NAME=LIMIT"]),
 ]
 
 

@@ -1,15 +1,19 @@
-"""The sampler's classifier-free guidance: one UNet branch at guidance 1, two otherwise, per stage."""
+"""The sampler: classifier-free guidance per stage (one UNet branch at guidance 1), and measured-value tolerances."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from factory.bundle import load_bundle
+from factory.errors import InputError
 from factory.presets import get_preset
 from factory.sample.job import DEMO_BUNDLE
 from factory.sample.pipeline import CinePipeline, SamplerSettings
 from factory.sample.plan import make_plan
+from factory.sample.tolerance import Bound, parse_tolerance
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +54,60 @@ def test_anatomy_and_motion_guidance_are_separate(pipeline, monkeypatch):
                                                               max_gate_attempts=1))
     pipeline(rows)
     assert seen == [2.0, 1.0]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", {}),
+    ("ef=5", {"ef": Bound(5.0, False)}),
+    ("ef=5, edv=10%,esv=7.5", {"ef": Bound(5.0, False), "edv": Bound(10.0, True), "esv": Bound(7.5, False)}),
+])
+def test_tolerance_strings(text, expected):
+    assert parse_tolerance(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ef", "expected NAME=LIMIT"), ("mass=3", "expected NAME=LIMIT"), ("ef=abc", "not a number"),
+    ("ef=-1", "finite number > 0"), ("ef=0", "finite number > 0"), ("ef=inf", "finite number > 0"),
+    ("ef=5,ef=3", "given twice"),
+])
+def test_bad_tolerance_strings_are_refused(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_tolerance(text)
+
+
+def test_bound_is_absolute_or_relative():
+    assert Bound(5, False).allows(60, 64.9) and not Bound(5, False).allows(60, 65.1)
+    assert Bound(10, True).allows(200, 219) and not Bound(10, True).allows(200, 221)
+    assert not Bound(10, True).allows(200, float("nan"))
+
+
+def generated(pipeline, monkeypatch, tolerance: str, attempts: int = 3):
+    monkeypatch.setattr(pipeline, "settings", SamplerSettings(steps=1, max_gate_attempts=2, tolerance=tolerance,
+                                                              max_motion_attempts=attempts))
+    out = pipeline(make_plan(2, get_preset("tiny"), seed=4, frames=3))
+    return pd.DataFrame([g.row for g in out]), [g.subject for g in out]
+
+
+def test_tolerance_resampling_is_bounded_deterministic_and_flagged(pipeline, monkeypatch):
+    table, subjects = generated(pipeline, monkeypatch, "ef=0.001,esv=0.001")  # never reachable
+    assert (table["motion_attempts"] == 3).all() and not table["within_tolerance"].any()
+    assert len(table) == 2, "rows that miss the tolerance are kept"
+    again, subjects_again = generated(pipeline, monkeypatch, "ef=0.001,esv=0.001")
+    pd.testing.assert_frame_equal(table, again)
+    for a, b in zip(subjects, subjects_again):
+        np.testing.assert_array_equal(a.image, b.image)
+    loose, _ = generated(pipeline, monkeypatch, "ef=100,edv=1000%")
+    assert (loose["motion_attempts"] == 1).all() and loose["within_tolerance"].all()
+    plain, _ = generated(pipeline, monkeypatch, "")
+    assert "within_tolerance" not in plain and "motion_attempts" not in plain
+    first = table.drop(columns=["motion_attempts", "within_tolerance"])
+    assert not first.equals(plain), "the resampled motion differs from the first attempt"
+
+
+def test_motion_attempts_use_their_own_noise(pipeline):
+    rows = make_plan(1, get_preset("tiny"), seed=2, frames=3)
+    cond = pipeline.conditions(rows)
+    z_ed = pipeline.noise(list(rows["seed"]), 0)
+    first, second = (pipeline.sample_motion(rows, cond, z_ed, attempt)[0] for attempt in (0, 1))
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(first, pipeline.sample_motion(rows, cond, z_ed, 0)[0], rtol=0, atol=0)

@@ -15,6 +15,7 @@ from factory.outputs import check_output
 from factory.presets import PRESETS, get_preset
 from factory.sample.pipeline import SamplerSettings
 from factory.sample.plan import load_plan, make_plan, parse_mix
+from factory.sample.tolerance import parse_tolerance
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True) -> None:
@@ -45,7 +46,13 @@ def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True
     parser.add_argument("--motion-guidance", type=non_negative_float, default=defaults.motion_guidance,
                         help="classifier-free guidance scale of the motion LDM (1 = conditional branch only)")
     parser.add_argument("--gate-attempts", type=positive_int, default=defaults.max_gate_attempts,
-                        help="anatomy resampling bound of the quality gate")
+                        help="anatomy resampling bound of the quality gate (and of an EDV tolerance)")
+    parser.add_argument("--tolerance", default=defaults.tolerance,
+                        help="resample until the measured values lie within these bounds of the requested ones,"
+                             " e.g. ef=5,edv=10%% (EF points, ml, or %% of the request); rows that never get there"
+                             " are kept with within_tolerance = false")
+    parser.add_argument("--tolerance-attempts", type=positive_int, default=defaults.max_motion_attempts,
+                        help="motion resampling bound of an ESV / EF tolerance")
 
 
 def load_priors(source: str | None) -> ClinicalPriors:
@@ -74,8 +81,10 @@ def plan_from_args(args: argparse.Namespace, preset_name: str | None = None) -> 
 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     """The sampler settings of parsed arguments (their ranges are checked by argparse)."""
+    parse_tolerance(args.tolerance)  # refuses a malformed tolerance before anything runs
     return SamplerSettings(scheduler=args.scheduler, steps=args.steps, guidance=args.guidance,
-                           motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts)
+                           motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts,
+                           tolerance=args.tolerance, max_motion_attempts=args.tolerance_attempts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

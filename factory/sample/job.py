@@ -214,9 +214,13 @@ def cpu_share(spec: RunSpec) -> int:
 
 
 def summarize(url: str, generated: int, seconds: float) -> dict:
-    """Counts per diagnosis, gate failures and throughput of a finished synthetic store."""
+    """Counts per diagnosis, gate failures, tolerance outcomes and throughput of a finished synthetic store."""
     table = open_store(url).table
-    return {"store": url, "subjects": len(table), "generated_now": generated, "seconds": round(seconds, 1),
-            "subjects_per_s": round(generated / seconds, 3) if generated else None,
-            "per_diagnosis": table["diagnosis"].value_counts().sort_index().to_dict(),
-            "gate_failures": int((table["status"] != "ok").sum())}
+    summary = {"store": url, "subjects": len(table), "generated_now": generated, "seconds": round(seconds, 1),
+               "subjects_per_s": round(generated / seconds, 3) if generated else None,
+               "per_diagnosis": table["diagnosis"].value_counts().sort_index().to_dict(),
+               "gate_failures": int((table["status"] != "ok").sum())}
+    if "within_tolerance" in table:
+        summary |= {"outside_tolerance": int((~table["within_tolerance"].astype(bool)).sum()),
+                    "motion_attempts_mean": round(float(table["motion_attempts"].mean()), 2)}
+    return summary

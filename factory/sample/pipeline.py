@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from factory.data.clinical import label_volumes_ml, measure
+from factory.data.clinical import ejection_fraction, label_volumes_ml, measure
 from factory.data.gate import check_ed_mask
 from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
+from factory.sample.tolerance import Bound, parse_tolerance, within
 from factory.seeds import derive_seed
 
 MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (distinct from gate attempts)
@@ -34,7 +35,9 @@ class SamplerSettings:
     steps: int = 15
     guidance: float = 3.0  # anatomy LDM
     motion_guidance: float = 3.0  # motion LDM
-    max_gate_attempts: int = 4
+    max_gate_attempts: int = 4  # also bounds the anatomy resampling of an EDV tolerance
+    tolerance: str = ""  # e.g. "ef=5,edv=10%" (factory.sample.tolerance); "" = none
+    max_motion_attempts: int = 4  # bound of the motion resampling of an ESV / EF tolerance
     frames_per_call: int = 64
 
 
@@ -65,6 +68,11 @@ class CinePipeline:
         self.normalizer, self.mass_fit = normalizer, mass_fit
         self.spacing = preset.geometry.spacing_mm
 
+    @property
+    def bounds(self) -> dict[str, Bound]:
+        """The tolerance of the settings, parsed (empty: no tolerance)."""
+        return parse_tolerance(self.settings.tolerance)
+
     @classmethod
     def from_bundle(cls, bundle, settings: SamplerSettings = SamplerSettings(),
                     device: str | torch.device = "cpu") -> CinePipeline:
@@ -78,9 +86,9 @@ class CinePipeline:
         """Generate one subject per plan row (columns of factory.sample.plan.PLAN_COLUMNS)."""
         rows = rows.reset_index(drop=True)
         cond = self.conditions(rows)
-        z_ed, attempts, reasons = self.sample_anatomy(rows, cond)
-        residuals = self.sample_motion(rows, cond, z_ed)
-        return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), reasons[i])
+        z_ed, attempts, reasons, edv = self.sample_anatomy(rows, cond)
+        residuals, motion_attempts = self.sample_motion_within(rows, cond, z_ed, edv)
+        return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), reasons[i], int(motion_attempts[i]))
                 for i, row in enumerate(rows.itertuples(index=False))]
 
     def conditions(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
@@ -130,15 +138,17 @@ class CinePipeline:
         return self.vae.decode_mask_logits(z).argmax(1).to(torch.uint8).cpu().numpy()
 
     def sample_anatomy(self, rows: pd.DataFrame, cond: dict[str, torch.Tensor]):
-        """ED latents that pass the anatomical gate; failing rows are resampled with new seeds, bounded.
+        """ED latents that pass the anatomical gate (and an EDV tolerance); failing rows are resampled with
+        new seeds, bounded.
 
-        Returns the latents, the attempts per row and, per row, the gate's reasons for rejecting its
-        last attempt (an empty list when the row passed).
+        Returns the latents, the attempts per row, per row the gate's reasons for rejecting its last
+        attempt (an empty list when the row passed), and the LV volume of each ED mask.
         """
         n = len(rows)
         z_ed = torch.zeros((n, *self.preset.latent_shape), device=self.device)
         attempts = np.zeros(n, int)
         reasons: list[list[str]] = [[] for _ in range(n)]
+        edv = np.zeros(n)
         pending = np.arange(n)
         slice_masks = cond["slice_mask"].cpu().numpy()
         for attempt in range(self.settings.max_gate_attempts):
@@ -151,13 +161,47 @@ class CinePipeline:
             attempts[pending] = attempt + 1
             for m, i in zip(masks, pending):
                 reasons[i] = check_ed_mask(m, self.spacing, slice_masks[i]).reasons
-            pending = np.array([i for i in pending if reasons[i]], int)
+                edv[i] = self.lv_volume(m, slice_masks[i])
+            pending = np.array([i for i in pending if reasons[i] or not within(
+                self.bounds, {"edv_ml": rows["edv_ml"].iloc[i]}, {"edv_ml": edv[i]}, ("edv",))], int)
             if not len(pending):
                 break
-        return z_ed, attempts, reasons
+        return z_ed, attempts, reasons, edv
+
+    def lv_volume(self, mask: np.ndarray, slice_mask: np.ndarray) -> float:
+        """LV volume (ml) of one decoded 3D mask, padding slices excluded as in the stored subject."""
+        return float(label_volumes_ml(mask * slice_mask[:, None, None], self.spacing)["lv"])
+
+    def sample_motion_within(self, rows: pd.DataFrame, cond: dict[str, torch.Tensor], z_ed: torch.Tensor,
+                             edv: np.ndarray) -> tuple[list[torch.Tensor], np.ndarray]:
+        """Residual latents of every row, the motion of rows whose ESV / EF misses the tolerance resampled
+        (a new noise stream per attempt, bounded); returns them and the motion attempts per row."""
+        residuals = self.sample_motion(rows, cond, z_ed)
+        attempts = np.ones(len(rows), int)
+        if not {"esv", "ef"} & set(self.bounds):
+            return residuals, attempts
+        slice_masks = cond["slice_mask"].cpu().numpy()
+        for attempt in range(1, self.settings.max_motion_attempts):
+            missed = np.array([i for i, row in enumerate(rows.itertuples(index=False))
+                               if not self.motion_within(row, z_ed[i], residuals[i], edv[i], slice_masks[i])], int)
+            if not len(missed):
+                break
+            again = self.sample_motion(rows.iloc[missed], {k: v[missed] for k, v in cond.items()}, z_ed[missed],
+                                       attempt)
+            for i, residual in zip(missed, again):
+                residuals[i], attempts[i] = residual, attempt + 1
+        return residuals, attempts
+
+    def motion_within(self, row, z_ed: torch.Tensor, residual: torch.Tensor, edv: float,
+                      slice_mask: np.ndarray) -> bool:
+        """Whether the ES frame of one row's motion gives an ESV and EF within the tolerance."""
+        es = int(row.es_frame)
+        esv = self.lv_volume(self.decode_masks((z_ed + residual[es])[None])[0], slice_mask)
+        measured = {"edv_ml": edv, "esv_ml": esv, "ef_pct": ejection_fraction(edv, esv)}
+        return within(self.bounds, {"esv_ml": row.esv_ml, "ef_pct": row.ef_pct}, measured, ("esv", "ef"))
 
     def sample_motion(self, rows: pd.DataFrame, cond: dict[str, torch.Tensor],
-                      z_ed: torch.Tensor) -> list[torch.Tensor]:
+                      z_ed: torch.Tensor, attempt: int = 0) -> list[torch.Tensor]:
         """Residual latents r_t for every frame of every row; frame 0 is ED (r_0 = 0).
 
         All (subject, frame) pairs are denoised together in calls of `frames_per_call`; frames of one
@@ -165,7 +209,7 @@ class CinePipeline:
         """
         phases = [cycle_phase(int(r.frames), int(r.es_frame)) for r in rows.itertuples(index=False)]
         pairs = [(i, t) for i, p in enumerate(phases) for t in range(1, len(p))]
-        shared = self.noise(list(rows["seed"]), MOTION_STREAM)
+        shared = self.noise(list(rows["seed"]), MOTION_STREAM + attempt)
         residuals = [torch.zeros((len(p), *self.preset.latent_shape), device=self.device) for p in phases]
         step = self.settings.frames_per_call
         for start in range(0, len(pairs), step):
@@ -181,7 +225,7 @@ class CinePipeline:
 
     @torch.no_grad()
     def assemble(self, row, z_ed: torch.Tensor, residual: torch.Tensor, attempts: int,
-                 gate_reasons: list[str]) -> Generated:
+                 gate_reasons: list[str], motion_attempts: int = 1) -> Generated:
         """Decode every frame (z_t = z_ED + r_t), measure the masks, build the subject and its row."""
         z = z_ed[None] + residual
         images, masks = [], []
@@ -206,4 +250,8 @@ class CinePipeline:
             "gate_attempts": attempts, "status": "gate_failed" if gate_reasons else "ok",
             "gate_reasons": "; ".join(gate_reasons),
         }
+        if self.bounds:  # judged on the values measured on the stored masks
+            requested = {"edv_ml": row.edv_ml, "esv_ml": row.esv_ml, "ef_pct": row.ef_pct}
+            table_row |= {"motion_attempts": motion_attempts,
+                          "within_tolerance": within(self.bounds, requested, measured)}
         return Generated(subject, table_row)
