@@ -22,11 +22,12 @@ import torch
 from factory.models.build import build_model, count_parameters
 from factory.models.conditioning import CLINICAL_SCALARS
 from factory.models.schedulers import training_scheduler
-from factory.presets import DIAGNOSES, Preset, get_preset
+from factory.presets import Preset, get_preset
 from factory.train import anatomy, motion, teacher, vae
 from factory.train.config import DEFAULTS, StageConfig
 from factory.train.objectives import dice_ce
 from factory.train.vae import KL_WEIGHT
+from factory.vocabulary import DIAGNOSES
 
 
 def frame_batch(preset: Preset, size: int, device: str) -> dict[str, torch.Tensor]:

@@ -23,12 +23,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from factory.errors import BundleError
-from factory.presets import DIAGNOSES, PRESETS, Preset
+from factory.presets import PRESETS, Preset
 from factory.version import code_version
+from factory.vocabulary import DIAGNOSES, STAGES
 
 BUNDLE_FILE = "bundle.json"
 FORMAT_VERSION = 1
-STAGES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 # The parts of a preset that a stage's weights depend on (sampling settings such as steps or guidance don't).
 _SCHEDULE = tuple(f"diffusion.{key}" for key in

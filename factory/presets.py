@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from factory.errors import InputError
+from factory.vocabulary import N_LABELS
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class VAEConfig:
     # In-plane downsampling factor f: latent is (C, Z, H/f, W/f). Must be 2 ** (len(channels) - 1)
     # or larger (extra stride-2 stages at the widest level).
     downsample: int = 4
-    num_classes: int = 4
+    num_classes: int = N_LABELS
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,3 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
-
-
-# ACDC label convention used everywhere in the project.
-LABEL_MAP: dict[str, str] = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
-DIAGNOSES: tuple[str, ...] = ("NOR", "MINF", "DCM", "HCM", "RV")

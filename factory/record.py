@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Cardiac phase convention of the motion model: 0 = ED, 100 = ES, 200 = the next ED.
-PHASE_ES = 100.0
-PHASE_CYCLE = 200.0
+from factory.vocabulary import PHASE_CYCLE, PHASE_ES
 
 
 def cycle_phase(n_frames: int, es_frame: int) -> np.ndarray:
@@ -41,7 +39,7 @@ class Subject:
 
     subject_id: str
     image: np.ndarray  # float32 (T, Z, H, W)
-    mask: np.ndarray  # uint8 (T, Z, H, W), labels 0 bg, 1 RV, 2 MYO, 3 LV; zeros where unlabeled
+    mask: np.ndarray  # uint8 (T, Z, H, W), labels 0 bg, 1 RV, 2 MYO, 3 LV (vocabulary); zeros where unlabeled
     labeled: np.ndarray  # bool (T,): which frames carry a trusted mask
     spacing_mm: tuple[float, float, float]  # (z, y, x)
     es_frame: int | None  # None when unknown (unlabeled pools)

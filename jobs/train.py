@@ -19,8 +19,8 @@ import ray
 from factory.cli_args import non_negative_float, non_negative_int, positive_int
 from factory.errors import FactoryError
 from factory.presets import PRESETS
-from factory.train.config import STAGES
 from factory.train.runner import TrainOptions, train
+from factory.vocabulary import STAGES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,7 +44,8 @@ def bundle(tmp_path_factory) -> Path:
     from factory.bundle import add_stage, start_bundle
     from factory.models.build import build_models
     from factory.models.conditioning import ClinicalNormalizer, fit_mass_model
-    from factory.presets import DIAGNOSES, get_preset
+    from factory.presets import get_preset
+    from factory.vocabulary import DIAGNOSES
 
     path = tmp_path_factory.mktemp("bundle")
     preset = get_preset("tiny")

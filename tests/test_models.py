@@ -15,7 +15,8 @@ from factory.models.conditioning import (CLINICAL_SCALARS, ClinicalEncoder, Clin
                                          diagnosis_ids)
 from factory.models.schedulers import sampling_scheduler, training_scheduler
 from factory.models.summary import shape_rows
-from factory.presets import DIAGNOSES, get_preset
+from factory.presets import get_preset
+from factory.vocabulary import DIAGNOSES
 
 TINY = get_preset("tiny")
 LATENT = TINY.latent_shape

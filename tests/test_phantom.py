@@ -16,8 +16,7 @@ from factory.data.phantom import generate_cohort, generate_subject
 from factory.data.phantom.cohort import METADATA_COLUMNS
 from factory.data.phantom.subject import sample_anatomy
 from factory.data.readers import read_acdc_subject
-from factory.presets import DIAGNOSES
-from factory.seeds import derive_seed
+from factory.vocabulary import DIAGNOSES, derive_seed
 
 N_SUBJECTS = 10
 

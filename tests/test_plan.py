@@ -11,8 +11,9 @@ import pytest
 from factory.cli import main
 from factory.data.priors import ClinicalPriors
 from factory.errors import InputError
-from factory.presets import DIAGNOSES, get_preset
+from factory.presets import get_preset
 from factory.sample.plan import PLAN_COLUMNS, diagnosis_counts, load_plan, make_plan, parse_mix
+from factory.vocabulary import DIAGNOSES
 
 TINY = get_preset("tiny")
 

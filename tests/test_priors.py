@@ -11,7 +11,7 @@ import pytest
 from factory.data import priors as priors_module
 from factory.data.priors import EDV_RANGE_ML, EF_RANGE, ClinicalPriors
 from factory.errors import InputError
-from factory.presets import DIAGNOSES
+from factory.vocabulary import DIAGNOSES
 
 SAMPLE_KEYS = {"edv_ml", "esv_ml", "ef_pct", "n_slices", "n_frames", "es_frame", "height_m", "weight_kg"}
 

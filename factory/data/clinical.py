@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
+from factory.vocabulary import LV, MYO, RV
+
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
-RV, MYO, LV = 1, 2, 3
 
 CLINICAL_COLUMNS: tuple[str, ...] = (
     "edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "rv_edv_ml", "rv_esv_ml", "rv_ef_pct")

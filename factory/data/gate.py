@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from factory.data.clinical import LV, MYO, label_volumes_ml
+from factory.data.clinical import label_volumes_ml
+from factory.vocabulary import LV, MYO
 
 # Plausible ranges (adult hearts, generous on purpose: the gate rejects broken anatomy, not disease).
 LV_ML = (15.0, 500.0)

@@ -18,9 +18,9 @@ from factory.data.nifti import load_nifti, nifti_to_internal
 from factory.data.readers import read_info_cfg
 from factory.errors import InputError
 from factory.outputs import check_output
+from factory.vocabulary import LV
 
 CROP = 192
-LV_LABEL = 3
 Pair = tuple[str, np.ndarray, np.ndarray]  # title, ED slice, ES slice (0..255, CROP x CROP)
 
 
@@ -47,11 +47,11 @@ def phantom_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         mask, _, _ = load_nifti(folder / f"{folder.name}_frame{number:02d}_gt.nii.gz", ndims=(3,))
         frames.append((nifti_to_internal(image)[0], nifti_to_internal(mask)[0], zooms[0]))
     (ed, ed_mask, pixel), (es, _, _) = frames
-    with_lv = np.flatnonzero((ed_mask == LV_LABEL).any(axis=(1, 2)))
+    with_lv = np.flatnonzero((ed_mask == LV).any(axis=(1, 2)))
     if with_lv.size == 0:
         raise InputError(f"{folder}: the ED mask holds no LV")
     z = int(with_lv[len(with_lv) // 2])
-    center = tuple(c * pixel for c in ndimage.center_of_mass(ed_mask[z] == LV_LABEL))
+    center = tuple(c * pixel for c in ndimage.center_of_mass(ed_mask[z] == LV))
     return _scale(*(_crop(ndimage.zoom(x[z], pixel, order=1), center) for x in (ed, es)))
 
 

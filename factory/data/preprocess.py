@@ -23,9 +23,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import BorderPadd, Compose, ScaleIntensityRangePercentilesd, Spacingd, SpatialCropd
 
-from factory.data.clinical import LV, RV
 from factory.presets import Geometry, Preset
 from factory.record import Subject
+from factory.vocabulary import LV, RV
 
 PERCENTILES = (1.0, 99.5)
 INTENSITY_RANGE = (-1.0, 1.0)

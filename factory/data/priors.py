@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from factory.errors import FactoryError, InputError
-from factory.presets import DIAGNOSES
+from factory.vocabulary import DIAGNOSES
 
 FORMAT = "cine-factory clinical priors"
 VERSION = 1

@@ -22,11 +22,11 @@ from factory.data.nifti import (NIFTI_SUFFIXES, is_nifti, load_nifti, nifti_stem
                                 zooms_to_spacing)
 from factory.errors import InputError
 from factory.record import Subject
+from factory.vocabulary import BACKGROUND, LV, MYO, N_LABELS, RV
 
 LAYOUTS: tuple[str, ...] = ("acdc", "mnms", "nifti")
-N_LABELS = 4
 # M&Ms labels (1 LV, 2 MYO, 3 RV) -> ours (1 RV, 2 MYO, 3 LV): index by the M&Ms label.
-MNMS_TO_ACDC_LABELS = np.array([0, 3, 2, 1], dtype=np.uint8)
+MNMS_TO_ACDC_LABELS = np.array([BACKGROUND, LV, MYO, RV], dtype=np.uint8)
 # M&Ms pathology codes that have an ACDC diagnostic group; others are kept as given.
 MNMS_TO_ACDC_DIAGNOSIS = {"NOR": "NOR", "HCM": "HCM", "DCM": "DCM", "ARV": "RV"}
 MNMS_ID_COLUMN = "External code"

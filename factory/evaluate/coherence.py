@@ -14,10 +14,10 @@ import pandas as pd
 
 from factory.data.clinical import label_volumes_ml
 from factory.data.gate import check_ed_mask
-from factory.evaluate.overlap import STRUCTURES, dice
+from factory.evaluate.overlap import dice
 from factory.evaluate.stats import mean_sd
-from factory.record import PHASE_ES
 from factory.store.reader import Store
+from factory.vocabulary import PHASE_ES, STRUCTURES
 
 
 def fully_labeled(store: Store) -> list[int]:

@@ -22,9 +22,10 @@ import ray
 import torch
 
 from factory.errors import InputError
-from factory.evaluate.overlap import STRUCTURES, dice, hd95
+from factory.evaluate.overlap import dice, hd95
 from factory.evaluate.stats import mean_sd
 from factory.store.reader import Store, open_store
+from factory.vocabulary import STRUCTURES
 
 ARMS: dict[str, str] = {"real": "real only", "augmented": "real + N augmented copies of real subjects",
                         "synthetic": "real + N synthetic subjects", "both": "real + N augmented copies + N synthetic"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from factory.data.clinical import LV, MYO, measure
+from factory.data.clinical import measure
 from factory.store.reader import Store
+from factory.vocabulary import LV, MYO
 
 MEASURED: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "rv_edv_ml", "rv_esv_ml")
 FEATURES: tuple[str, ...] = (*MEASURED, "rv_lv_ratio", "wall_thickness_mm")

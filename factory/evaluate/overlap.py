@@ -1,4 +1,4 @@
-"""Per-structure Dice and HD95 of label volumes (MONAI metrics), for ACDC labels 1 RV, 2 MYO, 3 LV."""
+"""Per-structure Dice and HD95 of label volumes (MONAI metrics), for the vocabulary's STRUCTURES (labels 1, 2, 3)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 
-STRUCTURES: tuple[str, ...] = ("RV", "MYO", "LV")  # labels 1, 2, 3
+from factory.vocabulary import N_LABELS
 
 
 def _one_hot(mask) -> torch.Tensor:
-    """(B, Z, H, W) labels -> (B, 4, Z, H, W) uint8 one-hot (MONAI's metrics run 3x faster on it than on float)."""
-    return one_hot(torch.as_tensor(np.asarray(mask), dtype=torch.int64)[:, None], num_classes=len(STRUCTURES) + 1,
+    """(B, Z, H, W) labels -> (B, N_LABELS, Z, H, W) uint8 one-hot (MONAI's metrics run 3x faster on it)."""
+    return one_hot(torch.as_tensor(np.asarray(mask), dtype=torch.int64)[:, None], num_classes=N_LABELS,
                    dtype=torch.uint8)
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from factory.evaluate.controllability import requested_targets
-from factory.evaluate.overlap import STRUCTURES
 from factory.preview.report import md_table, requested_vs_measured_figure
+from factory.vocabulary import STRUCTURES
 
 
 def json_safe(value):

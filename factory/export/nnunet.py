@@ -17,7 +17,7 @@ from factory.data.nifti import save_nifti
 from factory.errors import InputError
 from factory.export.cases import iter_cases, open_stores
 from factory.outputs import replacing
-from factory.presets import LABEL_MAP
+from factory.vocabulary import LABEL_MAP
 
 FILE_ENDING = ".nii.gz"
 CHANNEL = "cineMRI"

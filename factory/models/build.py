@@ -8,12 +8,11 @@ from factory.models.teacher import ResidualMotionTeacher
 from factory.models.unets import AnatomyUNet, MotionUNet
 from factory.models.vae import DualDecoderVAE
 from factory.presets import Preset
-
-MODEL_NAMES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
+from factory.vocabulary import STAGES
 
 
 def build_model(preset: Preset, name: str) -> nn.Module:
-    """One network of the cascade (one of MODEL_NAMES), freshly initialised."""
+    """One network of the cascade (one of STAGES: each stage trains one network), freshly initialised."""
     if name == "vae":
         return DualDecoderVAE(preset.vae)
     if name == "teacher":
@@ -22,12 +21,12 @@ def build_model(preset: Preset, name: str) -> nn.Module:
         return AnatomyUNet(preset)
     if name == "motion":
         return MotionUNet(preset)
-    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+    raise ValueError(f"unknown model {name!r}; choose one of {STAGES}")
 
 
 def build_models(preset: Preset) -> dict[str, nn.Module]:
-    """The four networks of the cascade, freshly initialised, keyed by MODEL_NAMES."""
-    return {name: build_model(preset, name) for name in MODEL_NAMES}
+    """The four networks of the cascade, freshly initialised, keyed by stage name."""
+    return {name: build_model(preset, name) for name in STAGES}
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -17,11 +17,10 @@ import torch
 from torch import nn
 
 from factory.errors import InputError
-from factory.presets import DIAGNOSES
+from factory.vocabulary import DIAGNOSES, PHASE_CYCLE
 
 CLINICAL_SCALARS: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "n_slices")
 NULL_DIAGNOSIS = len(DIAGNOSES)  # the "unconditional" diagnosis id of classifier-free guidance
-PHASE_PERIOD = 200.0  # 0 = ED, 100 = ES, 200 = the next ED
 
 
 def diagnosis_ids(names: Sequence[str]) -> torch.Tensor:
@@ -116,9 +115,9 @@ class ClinicalEncoder(nn.Module):
 
 
 class PhaseEmbedding(nn.Module):
-    """Cardiac phase (B,) in [0, 200) -> one token (B, 1, context_dim).
+    """Cardiac phase (B,) in [0, PHASE_CYCLE) -> one token (B, 1, context_dim).
 
-    Fourier features of the phase with period 200, so phase 200 (the next ED) embeds exactly like
+    Fourier features of the phase with period PHASE_CYCLE (200), so the next ED embeds exactly like
     phase 0 and the cycle closes; an MLP maps them to the context width.
     """
 
@@ -130,7 +129,7 @@ class PhaseEmbedding(nn.Module):
                                  nn.Linear(context_dim, context_dim), nn.LayerNorm(context_dim))
 
     def forward(self, phase: torch.Tensor) -> torch.Tensor:
-        angle = (2 * math.pi / PHASE_PERIOD) * phase.float()[:, None] * self.harmonics
+        angle = (2 * math.pi / PHASE_CYCLE) * phase.float()[:, None] * self.harmonics
         return self.mlp(torch.cat([angle.sin(), angle.cos()], dim=1))[:, None]
 
 

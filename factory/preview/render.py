@@ -8,9 +8,11 @@ import imageio.v3 as iio
 import numpy as np
 
 from factory.record import Subject
+from factory.vocabulary import LV, MYO, N_LABELS, RV
 
-# ACDC labels 1 RV, 2 MYO, 3 LV -> RGB; background keeps the grey image.
-LABEL_COLOURS = np.array([[0, 0, 0], [40, 120, 255], [40, 200, 90], [255, 70, 60]], np.float32)
+# label id -> RGB, row by row; background (black here) keeps the grey image.
+COLOURS = {RV: (40, 120, 255), MYO: (40, 200, 90), LV: (255, 70, 60)}
+LABEL_COLOURS = np.array([COLOURS.get(label, (0, 0, 0)) for label in range(N_LABELS)], np.float32)
 ALPHA = 0.45
 MIN_GIF_SIZE = 192  # pixels; small frames are enlarged by whole factors (nearest neighbour)
 
@@ -19,7 +21,7 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """RGB uint8 of an image in [-1, 1] with its label map blended on top; any leading axes are kept."""
     grey = np.clip((image.astype(np.float32) + 1.0) * 127.5, 0, 255)[..., None].repeat(3, axis=-1)
     labelled = (mask > 0)[..., None]
-    blended = np.where(labelled, (1 - ALPHA) * grey + ALPHA * LABEL_COLOURS[np.minimum(mask, 3)], grey)
+    blended = np.where(labelled, (1 - ALPHA) * grey + ALPHA * LABEL_COLOURS[np.minimum(mask, N_LABELS - 1)], grey)
     return blended.round().astype(np.uint8)
 
 

@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 from factory.data.clinical import label_volumes_ml
 from factory.evaluate.stats import pearson
 from factory.store.reader import Store
+from factory.vocabulary import PHASE_CYCLE
 
 MEASURES = (("edv_ml", "EDV (ml)"), ("esv_ml", "ESV (ml)"), ("ef_pct", "EF (%)"))
-PHASE_BINS = np.linspace(0.0, 200.0, 11)
+PHASE_BINS = np.linspace(0.0, PHASE_CYCLE, 11)
 
 
 def md_table(headers: list[str], rows: list[list]) -> list[str]:

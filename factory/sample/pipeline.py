@@ -22,7 +22,7 @@ from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
 from factory.sample.tolerance import Bound, parse_tolerance, within
-from factory.seeds import derive_seed
+from factory.vocabulary import derive_seed
 
 MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (distinct from gate attempts)
 

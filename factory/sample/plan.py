@@ -16,8 +16,8 @@ import pandas as pd
 
 from factory.data.priors import ClinicalPriors
 from factory.errors import InputError
-from factory.presets import DIAGNOSES, Preset
-from factory.seeds import derive_seed
+from factory.presets import Preset
+from factory.vocabulary import DIAGNOSES, derive_seed
 
 PLAN_COLUMNS = ("plan_row", "diagnosis", "edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
 NUMERIC_COLUMNS = ("edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")

@@ -15,6 +15,7 @@ from factory.errors import FactoryError
 from factory.store import layout
 from factory.store.fs import filesystem, join
 from factory.store.reader import Store, open_store
+from factory.vocabulary import N_LABELS
 
 
 def check_layout(store: Store) -> list[str]:
@@ -80,7 +81,7 @@ def read_subject(store: Store, index: int, n_frames: int) -> dict[str, np.ndarra
 
 
 def check_subject(store: Store, index: int, present: dict[str, set[str]]) -> list[str]:
-    """Every chunk of one subject exists and decodes, labels are in 0..3, metadata matches the arrays."""
+    """Every chunk of one subject exists and decodes, labels are the vocabulary's, metadata matches the arrays."""
     row = store.table.iloc[index]
     name = f"subject {index} ({row['subject_id']})"
     t = int(row["n_frames"])
@@ -99,8 +100,9 @@ def check_subject(store: Store, index: int, present: dict[str, set[str]]) -> lis
     problems = []
     if not np.isfinite(image).all() or np.abs(image).max() > 1.0:
         problems.append(f"{name}: image values outside [-1, 1] or not finite")
-    if mask.max() > 3:
-        problems.append(f"{name}: mask labels {sorted(set(np.unique(mask)) - {0, 1, 2, 3})} outside 0..3")
+    if mask.max() >= N_LABELS:
+        problems.append(f"{name}: mask labels {sorted(int(v) for v in np.unique(mask) if v >= N_LABELS)}"
+                        f" outside 0..{N_LABELS - 1}")
     if labeled[t:].any() or int(labeled.sum()) != int(row["n_labeled_frames"]):
         problems.append(f"{name}: labeled frames disagree with n_frames / n_labeled_frames")
     if mask[~labeled[:t]].any():

@@ -21,11 +21,12 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from factory import outputs
 from factory.errors import StoreError
-from factory.presets import LABEL_MAP, Preset
+from factory.presets import Preset
 from factory.record import Subject
 from factory.store import layout
 from factory.store.fs import filesystem, join, read_json, write_json
 from factory.version import code_version
+from factory.vocabulary import LABEL_MAP
 
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=3), Crc32cCodec())
 

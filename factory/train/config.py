@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from factory.presets import get_preset
-
-STAGES: tuple[str, ...] = ("vae", "teacher", "anatomy", "motion")
+from factory.vocabulary import STAGES
 
 # Per preset and stage: steps, per-worker batch size, learning rate. The tiny numbers are sized for
 # `--stage all --workers 2` on a ~150-subject phantom cohort on 2 CPU cores to finish within an hour:

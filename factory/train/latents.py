@@ -22,10 +22,11 @@ import zarr
 
 from factory.bundle import load_bundle, read_config, training_fingerprint
 from factory.models.conditioning import CLINICAL_SCALARS, NULL_DIAGNOSIS, ClinicalNormalizer
-from factory.presets import DIAGNOSES, Preset
+from factory.presets import Preset
 from factory.store.reader import open_store
 from factory.train.config import StageConfig
 from factory.train.data import augment_ed, clinical_values, shard, split_subjects
+from factory.vocabulary import DIAGNOSES
 
 N_AUGMENT = 4  # augmented ED copies per subject, beside the original
 ENCODE_BATCH = 8

@@ -24,10 +24,11 @@ from factory.outputs import BUNDLE, check_output, recognise
 from factory.presets import get_preset
 from factory.store.reader import open_store
 from factory.train.checkpoint import STATE_FILE, export_weights
-from factory.train.config import STAGES, StageConfig, stage_config
+from factory.train.config import StageConfig, stage_config
 from factory.train.data import split_subjects
 from factory.models.conditioning import fit_mass_model
 from factory.train.latents import build_latent_store, fit_normalizer
+from factory.vocabulary import STAGES
 
 REQUIRES = {"vae": (), "teacher": ("vae",), "anatomy": ("vae", "teacher"), "motion": ("vae", "teacher")}
 SCALE_FACTORS = {"vae": "latent_scale", "teacher": "residual_scale"}  # measured at the end of these stages

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import DiceMetric, PSNRMetric
 
-from factory.presets import LABEL_MAP
 from factory.train.data import CohortFrames
 from factory.train.loop import StageRun
 from factory.train.objectives import noisy_sample
+from factory.vocabulary import N_LABELS, STRUCTURES
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-CLASSES = [LABEL_MAP[str(k)] for k in range(1, len(LABEL_MAP))]  # RV, MYO, LV
+CLASSES = STRUCTURES  # RV, MYO, LV
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def reconstruction_metrics(run: StageRun, cohort: CohortFrames, pairs: np.ndarra
                            with_ed: bool = False) -> dict[str, float]:
     """`dice_RV`, `dice_MYO`, `dice_LV` (labeled frames only) and `psnr` (dB, range [-1, 1]) of
     `reconstruct(batch) -> (image, logits)` on this worker's share `pairs`, pooled over workers."""
-    dice = DiceMetric(include_background=False, reduction="none", num_classes=len(LABEL_MAP))
+    dice = DiceMetric(include_background=False, reduction="none", num_classes=N_LABELS)
     psnr = PSNRMetric(max_val=2.0, reduction="none")
     # sums: dice per class, dice counts per class, psnr, frames
     totals = torch.zeros(2 * len(CLASSES) + 2, dtype=torch.float64)

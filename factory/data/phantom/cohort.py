@@ -20,8 +20,7 @@ from factory.data.phantom.imaging import VENDORS
 from factory.data.phantom.subject import PhantomSubject, generate_subject
 from factory.errors import InputError
 from factory.outputs import replacing
-from factory.presets import DIAGNOSES
-from factory.seeds import derive_seed
+from factory.vocabulary import DIAGNOSES, derive_seed
 
 METADATA_COLUMNS: tuple[str, ...] = (
     "subject_id", "source", "vendor", "diagnosis", "n_frames", "n_slices", "ed_frame", "es_frame",

@@ -16,8 +16,8 @@ import numpy as np
 
 from factory.data.phantom.anatomy import SLICE_GAP_MM, Fields, Heart, angle_between, smoothstep
 from factory.data.phantom.motion import Motion, Radii, deform
+from factory.vocabulary import LV, MYO, RV
 
-LV, MYO, RV = 3, 2, 1
 MARGIN_MM = 10.0  # crop margin beyond the heart's outline: anti-aliasing plus the widest PSF
 
 
