@@ -19,7 +19,7 @@ import time
 import torch
 
 from factory.bundle import load_bundle
-from factory.evaluate.stats import pearson
+from factory.reporting.stats import pearson
 from factory.presets import get_preset
 from factory.sample.job import DEMO_BUNDLE
 from factory.sample.pipeline import CinePipeline, SamplerSettings

@@ -16,7 +16,7 @@ from factory.evaluate.classifier import SoftmaxClassifier, cross_validated_accur
 from factory.evaluate.coherence import subject_coherence
 from factory.evaluate.features import mean_wall_thickness_mm
 from factory.evaluate.overlap import dice, hd95
-from factory.evaluate.stats import bootstrap_ci, frechet_distance, mae, pearson
+from factory.reporting.stats import bootstrap_ci, frechet_distance, mae, pearson
 from factory.data.clinical import label_volumes_ml
 from factory.record import cycle_phase
 

@@ -254,7 +254,7 @@ def test_demo_bundle_generates_hearts_of_the_requested_size():
     import torch
 
     from factory.bundle import load_bundle
-    from factory.evaluate.stats import pearson
+    from factory.reporting.stats import pearson
     from factory.presets import get_preset
     from factory.sample.pipeline import CinePipeline, SamplerSettings
     from factory.sample.plan import make_plan

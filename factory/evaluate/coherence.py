@@ -15,7 +15,7 @@ import pandas as pd
 from factory.data.clinical import label_volumes_ml
 from factory.data.gate import check_ed_mask
 from factory.evaluate.overlap import dice
-from factory.evaluate.stats import mean_sd
+from factory.reporting.stats import mean_sd
 from factory.store.reader import Store
 from factory.vocabulary import PHASE_ES, STRUCTURES
 

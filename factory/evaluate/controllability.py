@@ -7,7 +7,7 @@ import pandas as pd
 
 from factory.evaluate.classifier import SoftmaxClassifier, cross_validated_accuracy
 from factory.evaluate.features import FEATURES
-from factory.evaluate.stats import bootstrap_ci, mae, pearson
+from factory.reporting.stats import bootstrap_ci, mae, pearson
 
 TARGETS: tuple[tuple[str, str], ...] = (("edv_ml", "EDV (ml)"), ("esv_ml", "ESV (ml)"), ("ef_pct", "EF (%)"),
                                         ("myo_mass_g", "myocardial mass (g)"))

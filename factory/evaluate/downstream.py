@@ -23,7 +23,7 @@ import torch
 
 from factory.errors import InputError
 from factory.evaluate.overlap import dice, hd95
-from factory.evaluate.stats import mean_sd
+from factory.reporting.stats import mean_sd
 from factory.store.reader import Store, open_store
 from factory.vocabulary import STRUCTURES
 

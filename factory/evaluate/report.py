@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +10,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from factory.evaluate.controllability import requested_targets
-from factory.preview.report import md_table, requested_vs_measured_figure
+from factory.reporting.figures import requested_vs_measured_figure
+from factory.reporting.tables import md_table, num
+from factory.store.fs import json_safe
 from factory.vocabulary import STRUCTURES
-
-
-def json_safe(value):
-    """`value` with numpy scalars/arrays and tuples made plain, and every non-finite float as None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def num(value, digits: int = 3) -> str:
-    """A number for a table cell; n/a for missing values."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def with_ci(value, ci) -> str:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from factory.errors import InputError
-from factory.evaluate.stats import frechet_distance
+from factory.reporting.stats import frechet_distance
 from factory.store.reader import Store
 
 CLIP_FRAMES = 16

@@ -17,23 +17,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from factory.data.clinical import label_volumes_ml
-from factory.evaluate.stats import pearson
+from factory.reporting.figures import requested_vs_measured_figure
+from factory.reporting.stats import pearson
+from factory.reporting.tables import md_table
 from factory.store.reader import Store
 from factory.vocabulary import PHASE_CYCLE
 
 MEASURES = (("edv_ml", "EDV (ml)"), ("esv_ml", "ESV (ml)"), ("ef_pct", "EF (%)"))
 PHASE_BINS = np.linspace(0.0, PHASE_CYCLE, 11)
-
-
-def md_table(headers: list[str], rows: list[list]) -> list[str]:
-    """Markdown table lines."""
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "n/a" if math.isnan(value) else f"{value:.3f}"
-        return str(value)
-
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows)]
 
 
 def diagnosis_section(table: pd.DataFrame, out: Path) -> list[str]:
@@ -49,22 +40,6 @@ def diagnosis_section(table: pd.DataFrame, out: Path) -> list[str]:
     rows = [[d, int(counts[d]), int(labeled[d])] for d in counts.index]
     return ["## Subjects per diagnosis", "", *md_table(["diagnosis", "subjects", "labeled frames"], rows), "",
             "![subjects per diagnosis](diagnosis_counts.png)", ""]
-
-
-def requested_vs_measured_figure(table: pd.DataFrame, measures, path: Path) -> None:
-    """Requested vs measured scatter plots of `measures` ((column, label) pairs), per diagnosis."""
-    fig = Figure(figsize=(4 * len(measures), 4), layout="constrained")
-    for ax, (column, label) in zip(np.atleast_1d(fig.subplots(1, len(measures))), measures):
-        requested, measured = table[f"requested_{column}"].astype(float), table[column].astype(float)
-        r, n = pearson(requested, measured)
-        for diagnosis, group in table.groupby(table["diagnosis"].fillna("unknown")):
-            ax.scatter(requested[group.index], measured[group.index], s=12, alpha=0.7, label=diagnosis)
-        finite = np.concatenate([requested[np.isfinite(requested)], measured[np.isfinite(measured)]])
-        if len(finite):
-            ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], "k--", lw=0.8)
-        ax.set(xlabel=f"requested {label}", ylabel=f"measured {label}", title=f"{label}: r = {r:.3f} (n = {n})")
-    fig.axes[0].legend(fontsize=7)
-    fig.savefig(path, dpi=100)
 
 
 def controllability_section(table: pd.DataFrame, out: Path) -> list[str]:

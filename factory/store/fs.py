@@ -6,6 +6,7 @@ import json
 import math
 
 import fsspec
+import numpy as np
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -17,13 +18,17 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def _json_safe(value):
-    """NaN and numpy scalars become JSON-native values (NaN -> null)."""
+def json_safe(value):
+    """`value` as plain JSON: numpy scalars and arrays, tuples and keys made native, non-finite floats as None.
+
+    Every JSON this project writes (store metadata, reports) goes through it, so NaN is always null."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalar
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -34,7 +39,7 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, document: dict) -> None
     """Write JSON so that a reader never sees a partial file: a temporary name, then a move."""
     tmp = f"{path}.tmp"
     with fs.open(tmp, "w") as f:
-        json.dump(_json_safe(document), f, indent=1, sort_keys=True)
+        json.dump(json_safe(document), f, indent=1, sort_keys=True)
     fs.mv(tmp, path)
 
 
