@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from factory.errors import FactoryError
+from factory.errors import exit_status
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"factory {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    try:
-        return int(module.run(args) or 0)
-    except FactoryError as err:
-        print(f"factory {name}: error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(f"factory {name}", lambda: module.run(args))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -47,3 +48,13 @@ def unwrapped() -> Iterator[None]:
         if cause is None or cause is err:
             raise
         raise cause from None
+
+
+def exit_status(prog: str, action: Callable[[], int | None]) -> int:
+    """Run `action` for a command line: its return value (None is 0), or, when it raises a FactoryError,
+    2 after one line `prog: error: message` on stderr (the user sees what is wrong, not a traceback)."""
+    try:
+        return int(action() or 0)
+    except FactoryError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2

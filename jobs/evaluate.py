@@ -15,19 +15,16 @@ import sys
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from factory.errors import FactoryError  # noqa: E402
+from factory.errors import exit_status  # noqa: E402
 from factory.evaluate.cli import add_arguments, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments and evaluate; a FactoryError is one `evaluate: error:` line and exit status 2."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except FactoryError as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return 2
+    return exit_status("evaluate", lambda: run(args))
 
 
 if __name__ == "__main__":

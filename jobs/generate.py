@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from factory.bundle import read_config  # noqa: E402
 from factory.cli_args import non_negative_float, positive_float, positive_int  # noqa: E402
-from factory.errors import FactoryError  # noqa: E402
+from factory.errors import exit_status  # noqa: E402
 from factory.sample.cli import add_plan_arguments, plan_from_args, settings_from_args  # noqa: E402
 from factory.sample.job import DEMO_BUNDLE, RunSpec, generate  # noqa: E402
 
@@ -40,19 +40,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        plan = plan_from_args(args, preset_name=read_config(args.bundle)["preset"])
-        spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
-                       workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
-        summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)
-    except FactoryError as err:
-        print(f"generate: error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Draw the plan, generate it into --out, and print the run's summary and where the store is."""
+    plan = plan_from_args(args, preset_name=read_config(args.bundle)["preset"])
+    spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
+                   workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+    summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
     print(f"store: {Path(args.out).resolve() if '://' not in args.out else args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments and run; a FactoryError is one `generate: error:` line and exit status 2."""
+    args = parse_args(argv)
+    return exit_status("generate", lambda: run(args))
 
 
 if __name__ == "__main__":

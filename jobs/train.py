@@ -17,7 +17,7 @@ import sys
 import ray
 
 from factory.cli_args import non_negative_float, non_negative_int, positive_int
-from factory.errors import FactoryError
+from factory.errors import exit_status
 from factory.presets import PRESETS
 from factory.train.runner import TrainOptions, train
 from factory.vocabulary import STAGES
@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Connect to (or start) Ray, train the requested stages into --out and print the stages it holds."""
     options = TrainOptions(cohort=args.cohort, out=args.out, preset=args.preset,
                            stages=STAGES if args.stage == "all" else (args.stage,), workers=args.workers,
                            gpus_per_worker=args.gpus_per_worker, steps=args.steps, batch_size=args.batch_size,
@@ -49,13 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
-    try:
-        config = train(options)
-    except FactoryError as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
+    config = train(options)
     print(f"bundle {args.out}: stages {list(config['stages'])}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments and run; a FactoryError is one `train: error:` line and exit status 2."""
+    args = parse_args(argv)
+    return exit_status("train", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -211,3 +211,25 @@ def test_unknown_presets_are_input_errors():
     with pytest.raises(FactoryError, match="unknown preset 'huge'"):
         stage_config("vae", "huge", cohort="c.zarr", bundle="b", work="w")
     assert stage_config("vae", "paper", cohort="c.zarr", bundle="b", work="w").steps == 100_000
+
+
+def test_factory_errors_are_one_line_with_each_entry_points_prefix(monkeypatch, tmp_path, capsys):
+    """The one handler (errors.exit_status) prefixes the line with the command; train's Ray start is inside it."""
+    import ray
+
+    from factory.errors import StoreError
+
+    def refuse(options):
+        raise StoreError(f"{options.cohort}: no such store")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: None)
+    monkeypatch.setattr(job("train"), "train", refuse)
+    cases = [(cli.main, ["plan", "--n", "3", "--out", "{tmp}"], "factory plan: error: "),
+             (job("generate").main, ["--bundle", "{tmp}/none", *GENERATE], "generate: error: {tmp}/none"),
+             (job("evaluate").main, [*EVALUATE, "--i3d", "{tmp}/i3d.pt"], "evaluate: error: "),
+             (job("train").main, TRAIN, "train: error: {tmp}/cohort.zarr: no such store")]
+    for main, argv, prefix in cases:
+        assert main(fill(argv, tmp_path)) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith(fill([prefix], tmp_path)[0]), err
