@@ -43,6 +43,15 @@ def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
     assert bootstrap_ci(np.mean, x, n_boot=300, seed=1) == bootstrap_ci(np.mean, x, n_boot=300, seed=1)
 
 
+def test_bootstrap_leaves_out_undefined_replicates():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.5, 2.9, 4.2])
+    r = lambda a, b: pearson(a, b)[0]  # noqa: E731
+    low, high = bootstrap_ci(r, x, y, n_boot=200, seed=0)  # some resamples repeat rows until r is undefined
+    assert 0.5 < low <= high == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in bootstrap_ci(r, [1.0, 1.0, 1.0], [1.0, 2.0, 3.0], n_boot=50))
+    assert all(math.isnan(v) for v in bootstrap_ci(np.mean, [1.0], n_boot=50))
+
+
 def test_frechet_distance_of_a_set_with_itself_and_of_shifted_gaussians():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4000, 4))

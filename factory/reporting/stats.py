@@ -1,12 +1,18 @@
-"""Statistics shared by the reports: Pearson r, MAE, seeded bootstrap intervals, Fréchet distance."""
+"""Statistics shared by the reports: Pearson r, MAE, seeded bootstrap intervals, Fréchet distance.
+
+Pearson r and the bootstrap are scipy.stats'; these wrappers add the reports' rules for missing values
+(non-finite pairs dropped, undefined statistics as NaN).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, stats
 
 
 def finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +27,7 @@ def pearson(x, y) -> tuple[float, int]:
     x, y = finite_pairs(x, y)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan, len(x)
-    return float(np.corrcoef(x, y)[0, 1]), len(x)
+    return float(stats.pearsonr(x, y).statistic), len(x)
 
 
 def mae(x, y) -> float:
@@ -32,20 +38,23 @@ def mae(x, y) -> float:
 
 def bootstrap_ci(statistic: Callable[..., float], *columns, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(*columns)`, resampling rows (NaN replicates dropped)."""
-    columns = [np.asarray(c) for c in columns]
-    n = len(columns[0])
-    if n < 2:
+    """Percentile bootstrap interval of `statistic(*columns)` (scipy.stats.bootstrap, rows resampled together,
+    seeded); replicates where the statistic is undefined (NaN) are left out, NaN when none is left."""
+    columns = [np.asarray(c, float) for c in columns]
+    if len(columns[0]) < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    replicates = np.array([statistic(*(c[rows] for c in columns))
-                           for rows in rng.integers(0, n, size=(n_boot, n))], float)
-    replicates = replicates[np.isfinite(replicates)]
-    if not len(replicates):
+    options = {"paired": True, "vectorized": False, "confidence_level": level, "method": "percentile"}
+    with warnings.catch_warnings():  # scipy warns of, and returns, a NaN interval when a replicate is NaN
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(columns, statistic, n_resamples=n_boot, rng=np.random.default_rng(seed), **options)
+    replicates = result.bootstrap_distribution
+    finite = replicates[np.isfinite(replicates)]
+    if not len(finite):
         return math.nan, math.nan
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return float(low), float(high)
+    if len(finite) < len(replicates):  # the interval of the defined replicates, without resampling again
+        result = stats.bootstrap(columns, statistic, n_resamples=0, **options,
+                                 bootstrap_result=dataclasses.replace(result, bootstrap_distribution=finite))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mean_sd(values) -> dict[str, float]:
@@ -61,7 +70,8 @@ def mean_sd(values) -> dict[str, float]:
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (rows = samples), as in FID/FVD.
 
-    NaN when either set has fewer than two samples (no covariance)."""
+    NaN when either set has fewer than two samples (no covariance). Not MONAI's compute_frechet_distance: it
+    agrees to 1e-9 but needs torch, prints on a singular product and calls sqrtm with `disp` (gone in SciPy 1.18)."""
     if len(a) < 2 or len(b) < 2:
         return math.nan
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
