@@ -16,7 +16,7 @@ from factory.errors import exit_status
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("factory.data.phantom.cli", "write a procedural phantom cohort in the ACDC layout"),
-    "montage": ("factory.data.montage", "PNG montage of phantom frames beside the real reference frames"),
+    "montage": ("factory.preview.montage", "PNG montage of phantom frames beside the real reference frames"),
     "ingest": ("factory.store.ingest", "preprocess ACDC / M&Ms / NIfTI folders into a cohort store"),
     "info": ("factory.store.info", "print a summary of a store"),
     "verify": ("factory.store.verify", "check a store's integrity; non-zero exit with reasons"),

@@ -11,11 +11,11 @@ import pytest
 
 from factory.cli import main
 from factory.data.clinical import CLINICAL_COLUMNS, label_volumes_ml, measure
-from factory.data.montage import real_pairs
 from factory.data.phantom import generate_cohort, generate_subject
 from factory.data.phantom.cohort import METADATA_COLUMNS
 from factory.data.phantom.subject import sample_anatomy
 from factory.data.readers import read_acdc_subject
+from factory.preview.montage import real_pairs
 from factory.vocabulary import DIAGNOSES, derive_seed
 
 N_SUBJECTS = 10
