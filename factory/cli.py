@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("factory.sample.cli", "draw a sampling plan (one row per subject to generate) into a CSV"),
     "models": ("factory.models.summary", "build a preset's models and print parameter counts and shapes"),
     "export": ("factory.export.cli", "export stores as per-subject 4D NIfTI or as an nnU-Net v2 raw dataset"),
-    "pack": ("factory.pack", "copy a trained bundle for shipping: fp16 weights, no training/ folder"),
+    "pack": ("factory.bundle.pack", "copy a trained bundle for shipping: fp16 weights, no training/ folder"),
     "preview": ("factory.preview.cli", "animated GIFs, montages and a dataset report (report.md) of a store"),
     "evaluate": ("factory.evaluate.cli", "evaluate a synthetic store: controllability, coherence, downstream value"),
 }

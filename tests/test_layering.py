@@ -13,7 +13,7 @@ LAYERS = {
     "outputs": 1, "cli_args": 1,
     "data": 2,
     "store": 3,
-    "models": 4, "bundle": 4, "pack": 4,
+    "models": 4, "bundle": 4,
     "stream": 5, "export": 5,
     "train": 6,
     "sample": 7,

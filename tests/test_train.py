@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from factory.bundle import STAGES, BundleError, add_stage, load_bundle, start_bundle
-from factory.errors import StoreError
+from factory.bundle import STAGES, add_stage, load_bundle, start_bundle
+from factory.errors import BundleError, StoreError
 from factory.models.build import build_model
 from factory.presets import get_preset
 from factory.train.checkpoint import load_state, save_state
@@ -238,7 +238,7 @@ def test_pickled_weights_are_never_loaded(bundle_dir, tmp_path):
 
 
 def test_pack_halves_the_weights_and_keeps_the_models(bundle_dir, tmp_path):
-    from factory.pack import pack_bundle
+    from factory.bundle.pack import pack_bundle
 
     (bundle_dir / "training").mkdir()
     (bundle_dir / "training" / "checkpoint.bin").write_bytes(b"x" * 1000)

@@ -1,4 +1,4 @@
-"""Model bundle: one directory with every stage's weights (safetensors) and `bundle.json`.
+"""Reading, verifying and writing model bundles (`factory.bundle` re-exports the public names).
 
 bundle.json records the format version, the preset (name and full definition; a stage loads only
 while the parts of the preset its weights depend on are unchanged in the code), geometry, latent
@@ -66,7 +66,7 @@ class Bundle:
     def diagnoses(self) -> list[str]:
         return self.config["diagnoses"]
 
-    def normalizer(self):  # -> ClinicalNormalizer (imported lazily: keeps `import factory.bundle` light)
+    def normalizer(self):  # -> ClinicalNormalizer (imported lazily: keeps `import factory.bundle` free of the models)
         """The clinical normaliser fitted on the training cohort."""
         from factory.models.conditioning import ClinicalNormalizer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from factory.bundle import BUNDLE_FILE, read_config, sha256_file, write_json_atomic
+from factory.bundle.io import BUNDLE_FILE, read_config, sha256_file, write_json_atomic
 from factory.outputs import BUNDLE, replacing
 
 
