@@ -27,6 +27,7 @@ from factory.data import preprocess as prep
 from factory.data.phantom import subject as phantom
 from factory.data.readers import read_nifti_subject
 from factory.record import Subject
+from factory.vocabulary import N_LABELS
 
 SEED = 90_210  # far from the training cohorts' seeds
 
@@ -63,7 +64,7 @@ def reconstruct(vae: torch.nn.Module, image: np.ndarray) -> tuple[np.ndarray, np
 
 def dice(pred: np.ndarray, mask: np.ndarray) -> list[float]:
     """Mean Dice of RV, MYO, LV over frames."""
-    metric = DiceMetric(include_background=False, num_classes=4)
+    metric = DiceMetric(include_background=False, num_classes=N_LABELS)
     return metric(torch.as_tensor(pred)[:, None], torch.as_tensor(mask)[:, None].long()).nanmean(0).tolist()
 
 
