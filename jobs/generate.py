@@ -18,7 +18,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from factory.bundle import read_config  # noqa: E402
 from factory.cli_args import non_negative_float, positive_float, positive_int  # noqa: E402
 from factory.errors import exit_status  # noqa: E402
-from factory.sample.cli import add_plan_arguments, plan_from_args, settings_from_args  # noqa: E402
+from factory.sample.cli import (add_plan_arguments, add_sampler_arguments, plan_from_args,  # noqa: E402
+                                settings_from_args)
 from factory.sample.job import DEMO_BUNDLE, RunSpec, generate  # noqa: E402
 
 
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", default=str(DEMO_BUNDLE), help="model bundle directory (default: the shipped demo)")
     parser.add_argument("--out", required=True, help="output store: local path or fsspec URL (s3://...)")
     add_plan_arguments(parser, with_preset=False)  # the preset is the bundle's
+    add_sampler_arguments(parser)
     parser.add_argument("--workers", type=positive_int, default=1, help="sampler actors (one model copy each)")
     parser.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0,
                         help="GPUs per sampler actor (0 = CPU)")

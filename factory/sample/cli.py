@@ -19,7 +19,7 @@ from factory.sample.tolerance import parse_tolerance
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True) -> None:
-    """Options that define what to generate (a drawn plan or an explicit plan file) and how to sample.
+    """Options that define what to generate: a drawn plan or an explicit plan file.
 
     `with_preset`: offer --preset (`factory plan`); a job that samples a bundle takes the bundle's preset instead.
     """
@@ -37,6 +37,10 @@ def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True
     parser.add_argument("--seed", type=non_negative_int, default=0, help="plan seed (every row derives its own)")
     if with_preset:
         parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="preset the plan must fit")
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that define how to sample (jobs/generate.py; a plan alone does not sample)."""
     defaults = SamplerSettings()  # the one place sampler defaults are set
     parser.add_argument("--scheduler", choices=SAMPLERS, default=defaults.scheduler, help="diffusion sampler")
     parser.add_argument("--steps", type=positive_int, default=defaults.steps,
