@@ -2,8 +2,8 @@
 
     python benchmarks/train_gpu.py [--preset paper] [--steps 200] [--warmup 10] [--budget-s 120]
 
-Each stage runs its own loss function from `factory.train.<stage>` with AdamW, gradient clipping
-and (for the diffusion models) EMA, under bf16 autocast, on random tensors of the right shapes
+Each stage runs its loss function from `factory.train.vae`, `.teacher` or `.diffusion` with AdamW,
+gradient clipping and (for the diffusion models) EMA, under bf16 autocast, on random tensors of the right shapes
 (data loading is not measured). Prints one JSON object: per stage, steps/s, samples/s, peak GPU
 memory and the parameter count. Exits with a message (status 2) when no CUDA GPU is present.
 """
@@ -22,11 +22,10 @@ import torch
 from factory.models.build import build_model, count_parameters
 from factory.models.conditioning import CLINICAL_SCALARS
 from factory.models.schedulers import training_scheduler
-from factory.presets import Preset, get_preset
-from factory.train import anatomy, motion, teacher, vae
-from factory.train.config import DEFAULTS, StageConfig
+from factory.presets import Preset, get_preset, get_recipe
+from factory.train import diffusion, teacher, vae
+from factory.train.config import StageConfig
 from factory.train.objectives import dice_ce
-from factory.train.vae import KL_WEIGHT
 from factory.vocabulary import DIAGNOSES
 
 
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     preset, device = get_preset(args.preset), "cuda"
-    defaults = DEFAULTS[preset.name]
+    recipe = get_recipe(preset.name)
     scheduler = training_scheduler(preset.diffusion)
     seg_loss = dice_ce()
     results: dict = {"device": torch.cuda.get_device_name(), "preset": preset.name, "precision": "bf16 autocast",
@@ -108,18 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     with torch.device(device):  # initialise the weights on the GPU (the paper anatomy UNet has 0.8 G parameters)
         frozen_vae = build_model(preset, "vae").eval().requires_grad_(False)
     for stage in args.stages.split(","):
-        size = defaults[stage]["batch_size"]
+        size = recipe[stage].batch_size
         with torch.device(device):
             model = build_model(preset, stage).train()
         if stage in ("vae", "teacher"):
             batch = frame_batch(preset, size, device)
-            objective = (partial(vae.losses, model, batch, seg_loss, KL_WEIGHT) if stage == "vae"
-                         else partial(teacher.losses, model, frozen_vae, batch, seg_loss))
+            weights = recipe[stage].loss
+            objective = (partial(vae.losses, model, batch, seg_loss, weights, weights.kl) if stage == "vae"
+                         else partial(teacher.losses, model, frozen_vae, batch, seg_loss, weights))
         else:
             batch = latent_batch(preset, size, device)
-            loop = anatomy if stage == "anatomy" else motion
-            objective = partial(loop.losses, model, scheduler, batch, StageConfig.cond_drop)
-        stats = benchmark(model, objective, args.steps, args.warmup, defaults[stage]["lr"],
+            objective = partial(diffusion.losses, diffusion.DENOISERS[stage], model, scheduler, batch,
+                                StageConfig.cond_drop)
+        stats = benchmark(model, objective, args.steps, args.warmup, recipe[stage].lr,
                           ema=stage in ("anatomy", "motion"), budget_s=args.budget_s)
         results["stages"][stage] = {"batch_size": size, "samples_per_s": round(stats["steps_per_s"] * size, 2),
                                     **stats}

@@ -127,3 +127,61 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# -- training recipes: how each stage of the cascade trains under a preset --------------------------------
+@dataclass(frozen=True)
+class VAELoss:
+    """Weights of the VAE objective L1(image) + seg * Dice+CE(labeled masks) + w_KL * KL, where w_KL ramps
+    linearly from 0 to `kl` over the first `kl_warmup` of the run."""
+
+    seg: float = 5.0  # Dice+CE on labeled frames is weighted heavily against the image L1
+    kl: float = 1e-6  # tiny: the latent stays close to deterministic, the scale factor normalises it
+    kl_warmup: float = 0.5
+
+
+@dataclass(frozen=True)
+class TeacherLoss:
+    """Weights of the teacher objective L1(decoded image) + seg * Dice+CE(decoded labeled masks)
+    + latent * |z_ED + r_t - z_t| + identity * |r(z_ED, z_ED)| + magnitude * mean(r_t^2)."""
+
+    seg: float = 5.0
+    latent: float = 1.0
+    identity: float = 1.0
+    magnitude: float = 1e-3
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One stage's training under a preset: steps, per-worker batch size, peak learning rate and loss weights
+    (None for the diffusion models, whose objective is a single MSE)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    loss: VAELoss | TeacherLoss | None = None
+
+
+# Per preset and stage. The tiny numbers are sized for `--stage all --workers 2` on a ~150-subject phantom
+# cohort on 2 CPU cores to finish within an hour: the VAE runs at ~0.28 steps/s there, the teacher ~0.38,
+# the LDMs ~1 (README "The demo bundle"). The paper numbers are a starting point for a GPU. A recipe is not
+# part of the preset definition a bundle is checked against: bundle.json records it per stage instead.
+RECIPES: dict[str, dict[str, StageRecipe]] = {
+    "tiny": {
+        "vae": StageRecipe(steps=440, batch_size=4, lr=1e-3, loss=VAELoss()),
+        "teacher": StageRecipe(steps=100, batch_size=4, lr=1e-3, loss=TeacherLoss()),
+        "anatomy": StageRecipe(steps=600, batch_size=8, lr=5e-4),
+        "motion": StageRecipe(steps=600, batch_size=8, lr=5e-4),
+    },
+    "paper": {
+        "vae": StageRecipe(steps=100_000, batch_size=4, lr=1e-4, loss=VAELoss()),
+        "teacher": StageRecipe(steps=30_000, batch_size=4, lr=1e-4, loss=TeacherLoss()),
+        "anatomy": StageRecipe(steps=200_000, batch_size=8, lr=1e-4),
+        "motion": StageRecipe(steps=200_000, batch_size=8, lr=1e-4),
+    },
+}
+
+
+def get_recipe(name: str) -> dict[str, StageRecipe]:
+    """The named preset's training recipe (stage -> StageRecipe); an unknown preset is an InputError."""
+    return RECIPES[get_preset(name).name]

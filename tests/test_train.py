@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from factory.bundle import STAGES, add_stage, load_bundle, start_bundle
 from factory.errors import BundleError, StoreError
 from factory.models.build import build_model
-from factory.presets import get_preset
+from factory.presets import PRESETS, get_preset, get_recipe
 from factory.train.checkpoint import load_state, save_state
 from factory.train.data import augment_ed, clinical_values
 
@@ -80,6 +81,7 @@ def test_every_stage_trains_into_a_loadable_bundle(trained):
     assert {"dice_LV", "dice_MYO", "dice_RV", "psnr"} <= set(config["stages"]["vae"]["metrics"])
     assert config["latent_scale"] > 0 and config["residual_scale"] > 0
     assert config["clinical_normalizer"]["scalars"][0] == "edv_ml"
+    assert config["stages"]["vae"]["loss_weights"] == asdict(get_recipe("tiny")["vae"].loss)
 
     import factory
 
@@ -142,7 +144,7 @@ def test_ed_augmentation_recomputes_clinical_values():
     changed = 0
     for seed in range(4):
         image, mask_ed, mask_es = augment_ed(subject.image[0], subject.mask[0], subject.mask[2],
-                                             np.random.default_rng(seed), subject.spacing_mm)
+                                             np.random.default_rng(seed))
         assert image.shape == subject.image[0].shape and image.min() >= -1.0 and mask_ed.max() <= 3
         values = clinical_values(mask_ed, mask_es, subject.spacing_mm, subject.slice_mask)
         lv_voxels = np.count_nonzero(mask_ed == 3)
@@ -150,6 +152,44 @@ def test_ed_augmentation_recomputes_clinical_values():
         assert values["n_slices"] == original["n_slices"]
         changed += not math.isclose(values["edv_ml"], original["edv_ml"])
     assert changed, "random affines should change the measured volumes"
+    again = augment_ed(subject.image[0], subject.mask[0], subject.mask[2], np.random.default_rng(3))
+    assert all(np.array_equal(a, b) for a, b in zip(again, (image, mask_ed, mask_es))), "seeded by its generator"
+    for preset in PRESETS.values():  # the augmentation acts in pixel coordinates
+        assert preset.geometry.spacing_mm[1] == preset.geometry.spacing_mm[2], preset.name
+
+
+# -- stage registry, recipes and what bundle.json records (no Ray cluster) ---------------------------------
+def test_every_stage_has_a_loop_a_recipe_and_both_ldms_a_denoiser():
+    from factory.train import diffusion, teacher, vae
+    from factory.train.runner import LOOPS
+
+    assert LOOPS == {"vae": vae.train_loop, "teacher": teacher.train_loop,
+                     "anatomy": diffusion.train_loop, "motion": diffusion.train_loop}
+    assert list(LOOPS) == list(STAGES) and set(diffusion.DENOISERS) == {"anatomy", "motion"}
+    assert all(list(get_recipe(name)) == list(STAGES) for name in PRESETS)
+
+
+def test_loss_weights_land_in_bundle_json(tmp_path):
+    import ray.train
+
+    from factory.train.config import stage_config
+    from factory.train.runner import TrainOptions, export_stage
+
+    preset = get_preset("tiny")
+    start_bundle(tmp_path / "bundle", preset, {"store": "test", "n_subjects": 0, "table_sha256": None})
+    for stage, loss in [("vae", {"kl": 2e-6}), ("teacher", None)]:
+        cfg = stage_config(stage, "tiny", cohort="c.zarr", bundle=str(tmp_path / "bundle"), work=str(tmp_path),
+                           steps=1, loss=None if loss is None else asdict(get_recipe("tiny")[stage].loss) | loss)
+        directory = tmp_path / f"{stage}-checkpoint"
+        save_state(directory, step=1, modules={stage: build_model(preset, stage)},
+                   extra={"starts": [0], "metrics": {"loss": 1.0}, "latent_scale": 1.0, "residual_scale": 1.0})
+        config = export_stage(cfg, ray.train.Checkpoint.from_directory(str(directory)), 1.0,
+                              TrainOptions(cohort="c.zarr", out=str(tmp_path / "bundle")))
+    recorded = {stage: entry["loss_weights"] for stage, entry in config["stages"].items()}
+    assert recorded == {"vae": {"seg": 5.0, "kl": 2e-6, "kl_warmup": 0.5},
+                        "teacher": {"seg": 5.0, "latent": 1.0, "identity": 1.0, "magnitude": 1e-3}}
+    assert "loss_weights" not in json.dumps(config["preset_config"])
+    assert load_bundle(tmp_path / "bundle").stages == ["vae", "teacher"]
 
 
 # -- bundle validation (no Ray) ------------------------------------------------------------------------

@@ -1,2 +1,2 @@
-"""Training of the cascade on Ray Train: one worker loop per stage (vae, teacher, anatomy, motion), shared
-harness (`loop`), data (`data`, `latents`), checkpoints, metrics, and the driver (`runner`)."""
+"""Training of the cascade on Ray Train: the worker loops (`vae`, `teacher`, and `diffusion` for both LDMs), the
+shared harness (`loop`, `frames`), data (`data`, `latents`), checkpoints, metrics, and the driver (`runner`)."""

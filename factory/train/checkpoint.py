@@ -82,21 +82,26 @@ def load_state(directory: Path | str, *, modules: dict[str, nn.Module],
         rest = json.loads((directory / f"{name}.optim.json").read_text())
         optimizer_from_files(optimizer, load_file(str(directory / f"{name}.optim.safetensors")), rest)
     for name, ema in (emas or {}).items():
-        shadow = load_file(str(directory / f"{name}.ema.safetensors"))
-        counters = json.loads((directory / f"{name}.ema.json").read_text())
-        device = ema.shadow_params[0].device
-        ema.load_state_dict({**counters, "shadow_params": [shadow[str(i)].to(device) for i in range(len(shadow))]})
+        load_ema(directory, name, ema)
     return json.loads((directory / STATE_FILE).read_text())
+
+
+def load_ema(directory: Path, name: str, ema: EMAModel) -> None:
+    """Restore EMA `name`'s shadow weights and counters (in place, on the device its shadow weights are on)."""
+    shadow = load_file(str(directory / f"{name}.ema.safetensors"))
+    counters = json.loads((directory / f"{name}.ema.json").read_text())
+    device = ema.shadow_params[0].device
+    ema.load_state_dict({**counters, "shadow_params": [shadow[str(i)].to(device) for i in range(len(shadow))]})
 
 
 def export_weights(directory: Path | str, name: str, module: nn.Module) -> dict[str, torch.Tensor]:
     """The weights to ship for part `name` of a checkpoint: its EMA weights when it has an EMA."""
     directory = Path(directory)
     module.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
-    ema_path = directory / f"{name}.ema.safetensors"
-    if ema_path.exists():
-        shadow = load_file(str(ema_path))
-        with torch.no_grad():
-            for i, param in enumerate(module.parameters()):
-                param.copy_(shadow[str(i)])
+    if (directory / f"{name}.ema.safetensors").exists():
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(module.parameters())
+        load_ema(directory, name, ema)
+        ema.copy_to(module.parameters())
     return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}

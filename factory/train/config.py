@@ -1,32 +1,12 @@
-"""What one stage's training run is told: a flat, JSON-able config with per-preset defaults."""
+"""What one stage's training run is told: a flat, JSON-able config, its defaults from the preset's recipe."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from factory.presets import get_preset
+from factory.presets import get_recipe
 from factory.vocabulary import STAGES
-
-# Per preset and stage: steps, per-worker batch size, learning rate. The tiny numbers are sized for
-# `--stage all --workers 2` on a ~150-subject phantom cohort on 2 CPU cores to finish within an hour:
-# the VAE runs at ~0.28 steps/s there, the teacher ~0.38, the LDMs ~1 (README "The demo bundle"). The
-# paper numbers are a starting point for a GPU.
-DEFAULTS: dict[str, dict[str, dict]] = {
-    "tiny": {
-        "vae": {"steps": 440, "batch_size": 4, "lr": 1e-3},
-        "teacher": {"steps": 100, "batch_size": 4, "lr": 1e-3},
-        "anatomy": {"steps": 600, "batch_size": 8, "lr": 5e-4},
-        "motion": {"steps": 600, "batch_size": 8, "lr": 5e-4},
-    },
-    "paper": {
-        "vae": {"steps": 100_000, "batch_size": 4, "lr": 1e-4},
-        "teacher": {"steps": 30_000, "batch_size": 4, "lr": 1e-4},
-        "anatomy": {"steps": 200_000, "batch_size": 8, "lr": 1e-4},
-        "motion": {"steps": 200_000, "batch_size": 8, "lr": 1e-4},
-    },
-}
-
 
 @dataclass
 class StageConfig:
@@ -40,6 +20,7 @@ class StageConfig:
     steps: int
     batch_size: int
     lr: float
+    loss: dict[str, float] = field(default_factory=dict)  # loss weights (presets.VAELoss, TeacherLoss as dicts)
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
@@ -66,10 +47,11 @@ class StageConfig:
 
 def stage_config(stage: str, preset: str, *, cohort: str, bundle: str, work: str, steps: int | None = None,
                  batch_size: int | None = None, **overrides) -> StageConfig:
-    """A stage's config: the preset's defaults, then any explicit value; an unknown preset is an InputError."""
+    """A stage's config: the preset's recipe, then any explicit value; an unknown preset is an InputError."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
-    base = dict(DEFAULTS[get_preset(preset).name][stage])
-    base |= {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
-    return StageConfig(stage=stage, preset=preset, cohort=cohort, bundle=bundle, work=work, **base,
-                       **{k: v for k, v in overrides.items() if v is not None})
+    recipe = get_recipe(preset)[stage]
+    base = {"steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
+            "loss": asdict(recipe.loss) if recipe.loss else {}}
+    explicit = {k: v for k, v in {"steps": steps, "batch_size": batch_size, **overrides}.items() if v is not None}
+    return StageConfig(stage=stage, preset=preset, cohort=cohort, bundle=bundle, work=work, **base | explicit)

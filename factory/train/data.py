@@ -1,8 +1,10 @@
-"""Training data from a cohort store: subject split, per-rank frame sampling, ED-anatomy augmentation.
+"""Training data from a cohort store: subject split, per-rank frame sampling, ED-anatomy augmentation (MONAI).
 
 Every rank reads only its own share of the training subjects straight from the store's per-frame
 chunks, and draws batch `step` from a generator seeded by (seed, rank, step), so a resumed run
-draws exactly the batches an uninterrupted one would have.
+draws exactly the batches an uninterrupted one would have. The ED augmentation (the latent store's
+augmented copies) draws from a generator seeded by (seed, subject), so it does not depend on which
+encoder actor, in which order or in which attempt of a resumed job encodes a subject.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from monai.transforms import RandAffined
 
 from factory.data.clinical import measure
 from factory.store.reader import Store
@@ -87,38 +89,27 @@ class FrameSampler:
         return self.cohort.read(pairs, with_ed)
 
 
-def random_affine(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float],
-                  max_rotation_deg: float = 15.0, scale_range: tuple[float, float] = (0.9, 1.1),
-                  max_shift: float = 0.05) -> torch.Tensor:
-    """A random in-plane similarity transform (2, 3) in `F.affine_grid`'s normalised coordinates.
+def ed_augmentation(shape_hw: tuple[int, int]) -> RandAffined:
+    """MONAI's random in-plane affine of an ED image and its two masks (keys image, mask_ed, mask_es).
 
-    Rotation and scaling act in millimetres, so non-square pixels or grids are not sheared.
+    Slices are channels, so one draw moves every slice alike: rotation up to 15 degrees, scale 0.9-1.1 per
+    in-plane axis (drawn independently), shift up to 5 % of the field of view; bilinear image, nearest masks,
+    zeros outside. It acts in pixel coordinates: every preset's in-plane pixels are square.
     """
-    angle = math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg))
-    scale = rng.uniform(*scale_range)
-    rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / scale
-    h, w = shape
-    half_extent = torch.diag(torch.tensor([w * spacing[1], h * spacing[0]]) / 2.0)  # normalised -> mm (x, y)
-    linear = torch.linalg.inv(half_extent) @ rot @ half_extent
-    shift = torch.from_numpy(rng.uniform(-max_shift, max_shift, size=(2, 1)) * 2.0).float()
-    return torch.cat([linear.float(), shift], dim=1)
-
-
-def warp(volume: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
-    """Apply one in-plane transform to every slice of a (Z, H, W) volume (bilinear or nearest)."""
-    z, h, w = volume.shape
-    grid = F.affine_grid(theta.expand(z, 2, 3), [z, 1, h, w], align_corners=False)
-    out = F.grid_sample(volume[:, None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return out[:, 0]
+    h, w = shape_hw
+    return RandAffined(("image", "mask_ed", "mask_es"), prob=1.0, rotate_range=math.radians(15.0),
+                       scale_range=(0.1, 0.1), translate_range=(0.05 * h, 0.05 * w),
+                       mode=("bilinear", "nearest", "nearest"), padding_mode="zeros")
 
 
 def augment_ed(image_ed: np.ndarray, mask_ed: np.ndarray, mask_es: np.ndarray, rng: np.random.Generator,
-               spacing_mm: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One random in-plane affine applied to the ED image (background -1 outside) and both ED and ES masks."""
-    theta = random_affine(rng, image_ed.shape[1:], spacing_mm[1:])
-    image = warp(torch.from_numpy(image_ed) + 1.0, theta, "bilinear") - 1.0
-    masks = [warp(torch.from_numpy(m), theta, "nearest").to(torch.uint8).numpy() for m in (mask_ed, mask_es)]
-    return image.numpy(), masks[0], masks[1]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One random in-plane affine (`ed_augmentation`, seeded from `rng`) applied to the ED image (background -1
+    outside) and both ED and ES masks."""
+    transform = ed_augmentation(image_ed.shape[1:]).set_random_state(seed=int(rng.integers(2**32)))
+    out = transform({"image": image_ed + 1.0, "mask_ed": mask_ed, "mask_es": mask_es})
+    masks = [out[key].numpy().astype(np.uint8) for key in ("mask_ed", "mask_es")]
+    return out["image"].numpy() - 1.0, masks[0], masks[1]
 
 
 def clinical_values(mask_ed: np.ndarray, mask_es: np.ndarray, spacing_mm: tuple[float, float, float],

@@ -104,8 +104,7 @@ class LatentEncoder:
         image, es, spacing = subject.image[0], subject.es_frame, subject.spacing_mm
         labeled = es is not None and bool(subject.labeled[0] and subject.labeled[es])
         mask_ed, mask_es = subject.mask[0], subject.mask[es if labeled else 0]
-        copies = [(image, mask_ed, mask_es)] + [augment_ed(image, mask_ed, mask_es, rng, spacing)
-                                                 for _ in range(N_AUGMENT)]
+        copies = [(image, mask_ed, mask_es)] + [augment_ed(image, mask_ed, mask_es, rng) for _ in range(N_AUGMENT)]
         if labeled:
             values = [clinical_values(m_ed, m_es, spacing, subject.slice_mask) for _, m_ed, m_es in copies]
         else:

@@ -1,7 +1,7 @@
-"""The worker-side harness every stage loop runs in: what the four loops share, nothing they differ in.
+"""The worker-side harness every stage loop runs in: what the stage loops share, nothing they differ in.
 
-A loop builds its models and optimizers, calls `resume` (restores the latest Ray Train checkpoint,
-if any), wraps the trained model with `prepare` (DDP), then iterates `steps()`. Each step it calls
+A loop builds its model and calls `setup` (AdamW, the EMA if any, both restored from the latest Ray
+Train checkpoint by `resume`, the model wrapped for DDP), then iterates `steps()`. Each step it calls
 `optimize` (backward, clipping, warm-up + cosine learning rate, optimizer and EMA step) and
 `record`; at `at_checkpoint` steps it validates and calls `checkpoint`, the only place that talks
 to Ray Train (each report is a barrier).
@@ -54,6 +54,21 @@ class StageRun:
         self.last_train: dict[str, float] = {}  # the latest logged means of the training losses
 
     # -- setup -------------------------------------------------------------------------------------
+    def setup(self, module: nn.Module, ema: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, EMAModel | None]:
+        """AdamW over the stage's `module` and, with `ema`, a moving average of its weights (warm-up decay capped
+        at `ema_decay`), restored by `resume`; returns (the module on this device, in DDP with several workers,
+        the optimizer, the EMA or None)."""
+        optimizer = torch.optim.AdamW(module.parameters(), lr=self.cfg.lr)
+        average = None
+        if ema:
+            from diffusers.training_utils import EMAModel
+
+            average = EMAModel(module.parameters(), decay=self.cfg.ema_decay, foreach=True)
+        name = self.cfg.stage
+        self.resume(modules={name: module}, optimizers={name: optimizer},
+                    emas={name: average} if average is not None else None)
+        return ray.train.torch.prepare_model(module), optimizer, average
+
     def resume(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer] | None = None,
                emas: dict[str, EMAModel] | None = None) -> int:
         """Register the state to checkpoint, restore it from the latest checkpoint; returns the step reached."""
@@ -70,16 +85,6 @@ class StageRun:
             if self.start_step:
                 print(f"[{self.cfg.stage}] resuming from the checkpoint of step {self.start_step}", flush=True)
         return self.start_step
-
-    def prepare(self, module: nn.Module) -> nn.Module:
-        """The module on this worker's device, wrapped in DDP when there are several workers."""
-        return ray.train.torch.prepare_model(module)
-
-    def ema(self, module: nn.Module) -> EMAModel:
-        """An exponential moving average of `module`'s parameters (warm-up decay capped at `ema_decay`)."""
-        from diffusers.training_utils import EMAModel
-
-        return EMAModel(module.parameters(), decay=self.cfg.ema_decay, foreach=True)
 
     # -- per step ----------------------------------------------------------------------------------
     def steps(self) -> Iterator[int]:

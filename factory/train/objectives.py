@@ -1,4 +1,5 @@
-"""Loss terms shared by several stage loops (each loop still writes out its own weighted sum)."""
+"""Loss terms shared by several stage loops (each loop writes out its own weighted sum; the weights are the
+preset's recipe, `presets.VAELoss` / `TeacherLoss`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from monai.losses import DiceCELoss
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler
-
-SEG_WEIGHT = 5.0  # Dice+CE on labeled frames is weighted heavily against the image L1
 
 
 def dice_ce() -> DiceCELoss:

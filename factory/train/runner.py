@@ -8,9 +8,9 @@ and `latents.zarr` (the pre-encoded cohort the diffusion stages train from).
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from factory.models.build import build_model
 from factory.outputs import BUNDLE, check_output, recognise
 from factory.presets import get_preset
 from factory.store.reader import open_store
+from factory.train import diffusion, teacher, vae
 from factory.train.checkpoint import STATE_FILE, export_weights
 from factory.train.config import StageConfig, stage_config
 from factory.train.data import split_subjects
@@ -32,6 +33,9 @@ from factory.vocabulary import STAGES
 
 REQUIRES = {"vae": (), "teacher": ("vae",), "anatomy": ("vae", "teacher"), "motion": ("vae", "teacher")}
 SCALE_FACTORS = {"vae": "latent_scale", "teacher": "residual_scale"}  # measured at the end of these stages
+# The worker loop of each stage (both LDMs train in one loop, `diffusion.DENOISERS` says how they differ).
+LOOPS: dict[str, Callable[[dict], None]] = {"vae": vae.train_loop, "teacher": teacher.train_loop,
+                                            "anatomy": diffusion.train_loop, "motion": diffusion.train_loop}
 
 
 @dataclass
@@ -104,10 +108,9 @@ def prepare_latents(cfg: StageConfig, options: TrainOptions) -> None:
 
 def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
     """Run one stage's worker loop on `options.workers` Ray Train workers (DDP), resuming its latest checkpoint."""
-    loop = importlib.import_module(f"factory.train.{cfg.stage}").train_loop
     gpus = options.gpus_per_worker
     trainer = TorchTrainer(
-        loop,
+        LOOPS[cfg.stage],
         train_loop_config=cfg.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=options.workers, use_gpu=gpus > 0,
                                                resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}),
@@ -121,7 +124,8 @@ def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
 
 def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall_s: float,
                  options: TrainOptions) -> dict:
-    """Copy the final checkpoint's (EMA) weights, scale factor and metrics into the bundle."""
+    """Copy the final checkpoint's (EMA) weights, scale factor, recipe (loss weights included) and metrics into the
+    bundle."""
     if checkpoint is None:
         raise RuntimeError(f"[{cfg.stage}] training ended without a checkpoint")
     with checkpoint.as_directory() as directory:
@@ -130,9 +134,9 @@ def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall
             raise RuntimeError(f"[{cfg.stage}] latest checkpoint is at step {state['step']}, not {cfg.steps}")
         tensors = export_weights(directory, cfg.stage, build_model(get_preset(cfg.preset), cfg.stage))
     updates = {SCALE_FACTORS[cfg.stage]: state[SCALE_FACTORS[cfg.stage]]} if cfg.stage in SCALE_FACTORS else {}
-    info = {"steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "workers": options.workers,
-            "gpus_per_worker": options.gpus_per_worker, "starts": state["starts"], "wall_s": round(wall_s, 1),
-            "metrics": state["metrics"]}
+    info = {"steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "loss_weights": cfg.loss,
+            "workers": options.workers, "gpus_per_worker": options.gpus_per_worker, "starts": state["starts"],
+            "wall_s": round(wall_s, 1), "metrics": state["metrics"]}
     config = add_stage(cfg.bundle, cfg.stage, tensors, info, updates)
     print(f"[{cfg.stage}] done in {wall_s / 60:.1f} min: {json.dumps(state['metrics'])}", flush=True)
     return config

@@ -1,10 +1,11 @@
 """Stage 2, the residual motion teacher: one Ray Train worker's loop, read top to bottom.
 
 With the VAE frozen, the teacher maps (z_ED, z_t) to r_t such that decoding z_ED + r_t gives frame
-t back. Loss = L1(decoded image, frame t) + SEG_WEIGHT * Dice+CE(decoded mask, labeled frames)
-+ latent L1 |z_ED + r_t - z_t| + identity |r(z_ED, z_ED)| + a small magnitude penalty on r_t.
-At every checkpoint: Dice and PSNR of the decoded frames of held-out subjects; at the end: the
-residual scale factor (1 / std of residuals), which the motion LDM's targets are multiplied by.
+t back. Loss = L1(decoded image, frame t) + seg * Dice+CE(decoded mask, labeled frames) + latent L1
+|z_ED + r_t - z_t| + identity |r(z_ED, z_ED)| + a small magnitude penalty on r_t (weights: the
+preset's recipe, `presets.TeacherLoss`). At every checkpoint: Dice and PSNR of the decoded frames of
+held-out subjects; at the end: the residual scale factor (1 / std of residuals), which the motion
+LDM's targets are multiplied by.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from monai.losses import DiceCELoss
 from factory.bundle import load_bundle
 from factory.models.teacher import ResidualMotionTeacher
 from factory.models.vae import DualDecoderVAE
-from factory.store.reader import open_store
-from factory.train.data import CohortFrames, FrameSampler, shard, split_subjects
+from factory.presets import TeacherLoss
+from factory.train.frames import FrameStage
 from factory.train.loop import StageRun
-from factory.train.objectives import SEG_WEIGHT, dice_ce, segmentation_loss
-from factory.train.validation import reconstruction_metrics
-
-LATENT_WEIGHT = 1.0
-IDENTITY_WEIGHT = 1.0
-MAGNITUDE_WEIGHT = 1e-3
-VAL_FRAMES_PER_SUBJECT = 4
-SCALE_BATCHES = 8
+from factory.train.objectives import segmentation_loss
 
 
 def encode_pair(vae: DualDecoderVAE, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,8 +29,8 @@ def encode_pair(vae: DualDecoderVAE, batch: dict[str, torch.Tensor]) -> tuple[to
         return vae.encode(torch.cat([batch["ed_image"], batch["image"]]))[0].chunk(2)
 
 
-def losses(model: torch.nn.Module, vae: DualDecoderVAE, batch: dict[str, torch.Tensor],
-           seg_loss: DiceCELoss) -> dict[str, torch.Tensor]:
+def losses(model: torch.nn.Module, vae: DualDecoderVAE, batch: dict[str, torch.Tensor], seg_loss: DiceCELoss,
+           weights: TeacherLoss) -> dict[str, torch.Tensor]:
     """The teacher objective of one batch: `loss` and its terms (one pass computes r_t and r(z_ED, z_ED))."""
     z_ed, z_t = encode_pair(vae, batch)
     r_t, r_identity = model(torch.cat([z_ed, z_ed]), torch.cat([z_t, z_ed])).float().chunk(2)
@@ -47,7 +41,8 @@ def losses(model: torch.nn.Module, vae: DualDecoderVAE, batch: dict[str, torch.T
     latent = F.l1_loss(z, z_t.float())
     identity = r_identity.abs().mean()
     magnitude = r_t.pow(2).mean()
-    loss = image + SEG_WEIGHT * seg + LATENT_WEIGHT * latent + IDENTITY_WEIGHT * identity + MAGNITUDE_WEIGHT * magnitude
+    loss = (image + weights.seg * seg + weights.latent * latent + weights.identity * identity
+            + weights.magnitude * magnitude)
     return {"loss": loss, "image": image, "seg": seg, "latent": latent, "identity": identity, "magnitude": magnitude}
 
 
@@ -55,39 +50,26 @@ def train_loop(config: dict) -> None:
     """Train the teacher against the frozen VAE of the bundle; the final checkpoint carries `residual_scale`."""
     run = StageRun(config)
     cfg = run.cfg
+    weights = TeacherLoss(**cfg.loss)
     vae = load_bundle(cfg.bundle, device=run.device, stages=("vae",)).vae.requires_grad_(False)
     teacher = ResidualMotionTeacher(run.preset.vae.latent_channels, run.preset.teacher_channels).to(run.device)
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=cfg.lr)
-    run.resume(modules={"teacher": teacher}, optimizers={"teacher": optimizer})
-    model = run.prepare(teacher)
-
-    cohort = CohortFrames(open_store(cfg.cohort))
-    train_ids, val_ids = split_subjects(cohort.n_subjects, cfg.val_fraction, cfg.seed)
-    sampler = FrameSampler(cohort, shard(train_ids, run.rank, run.world))
-    val_pairs = shard(cohort.labeled_frames(val_ids, VAL_FRAMES_PER_SUBJECT), run.rank, run.world)
-    seg_loss = dice_ce()
+    model, optimizer, _ = run.setup(teacher)
+    frames = FrameStage.open(run, with_ed=True)
 
     def reconstruct(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         z_ed, z_t = encode_pair(vae, batch)
         z = z_ed + teacher(z_ed, z_t)
         return vae.decode_image(z), vae.decode_mask_logits(z)
 
+    def residual(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return teacher(*encode_pair(vae, batch))
+
     for step in run.steps():
-        batch = run.to_device(sampler.batch(run.rng(step), cfg.batch_size, with_ed=True))
+        batch = frames.batch(step)
         with run.autocast():
-            terms = losses(model, vae, batch, seg_loss)
+            terms = losses(model, vae, batch, frames.seg_loss, weights)
         run.optimize(step, terms["loss"], optimizer)
         run.record(step, **terms)
 
         if run.at_checkpoint(step):
-            teacher.eval()
-            with torch.no_grad():
-                metrics = reconstruction_metrics(run, cohort, val_pairs, cfg.batch_size, reconstruct, with_ed=True)
-                extra = {}
-                if step == cfg.steps:
-                    batches = (run.to_device(sampler.batch(run.rng(cfg.steps + k), cfg.batch_size, with_ed=True))
-                               for k in range(1, SCALE_BATCHES + 1))
-                    with run.autocast():
-                        extra["residual_scale"] = 1.0 / run.global_std(teacher(*encode_pair(vae, b)) for b in batches)
-            teacher.train()
-            run.checkpoint(step, metrics, extra)
+            frames.checkpoint(step, teacher, reconstruct, "residual_scale", residual)
