@@ -149,6 +149,47 @@ def test_a_corrupt_chunk_is_named_by_array_subject_and_frame(tmp_path, capsys):
     assert "Task was destroyed" not in capsys.readouterr().err
 
 
+def test_batched_reads_equal_frame_by_frame_reads(tmp_path):
+    store = open_store(build_store(tmp_path / "s.zarr", n=4))
+    rng = np.random.default_rng(0)
+    real = [(i, t) for i, n in enumerate(store.table["n_frames"]) for t in range(n)]
+    pairs = [real[k] for k in rng.integers(len(real), size=25)] + [(2, 0), (2, 1), (2, 2), (2, 2), (0, 3)]
+    images, masks = store.read_frames(pairs)  # random order, repeats, and a run of consecutive frames
+    assert images.dtype == np.float32 and masks.dtype == np.uint8 and images.shape == (30, 12, 64, 64)
+    for (i, t), image, mask in zip(pairs, images, masks):
+        expected_image, expected_mask = store.frame(i, t)
+        np.testing.assert_array_equal(image, expected_image)
+        np.testing.assert_array_equal(mask, expected_mask)
+    masks_only, = store.read_frames(pairs, ("mask",))
+    np.testing.assert_array_equal(masks_only, masks)
+    assert [a.shape for a in store.read_frames([])] == [(0, 12, 64, 64)] * 2
+    keys = [(i, t, z) for (i, t), z in zip(pairs, rng.integers(12, size=len(pairs)))]
+    slices = store.read_slices(keys)
+    np.testing.assert_array_equal(slices[0], images[np.arange(30), [z for _, _, z in keys]])
+    np.testing.assert_array_equal(slices[1], masks[np.arange(30), [z for _, _, z in keys]])
+    for i, (image, mask) in zip([3, 0, 1], store.read_sequences([3, 0, 1], per_read=2)):
+        subject = store.subject(i)
+        np.testing.assert_array_equal(image, subject.image)
+        np.testing.assert_array_equal(mask, subject.mask)
+
+
+def test_a_corrupt_chunk_inside_a_batched_read_is_named(tmp_path):
+    path = build_store(tmp_path / "s.zarr", n=3)
+    chunk = Path(path) / "mask/c/1/3/0/0/0"
+    payload = bytearray(chunk.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    chunk.write_bytes(payload)
+    store = open_store(path)
+    store.table  # loaded, as every reader of a complete store has it: the subject id is named too
+    expected = "array 'mask', subject 1 (s001), frame 3: chunk unreadable"
+    with pytest.raises(StoreError, match=re.escape(expected)):
+        store.read_frames([(0, 1), (2, 0), (1, 2), (1, 3), (1, 4), (0, 0)])
+    with pytest.raises(StoreError, match=re.escape(expected)):
+        list(store.read_sequences([0, 1, 2]))
+    with pytest.raises(StoreError, match=re.escape(expected)):
+        store.read_slices([(0, 0, 5), (1, 3, 5)])
+
+
 @pytest.mark.parametrize("damaged", ["manifest.json", "zarr.json", "metadata.parquet"])
 def test_garbage_metadata_files_are_clear_errors(tmp_path, damaged, capsys):
     path = build_store(tmp_path / "s.zarr", n=1)

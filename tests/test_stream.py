@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import re
 
 import numpy as np
 import pytest
@@ -164,6 +165,16 @@ def test_bad_inputs_name_the_store(tmp_path, stores):
         CineStream(stores[0], mode="volume")
     with pytest.raises(ValueError, match="epoch_size"):
         CineStream(stores[0], epoch_size=10)
+
+
+def test_a_corrupt_chunk_is_named_by_the_stream(tmp_path):
+    url = write_store(tmp_path / "s.zarr", n=3)
+    chunk = tmp_path / "s.zarr" / "image/c/1/3/0/0/0"
+    payload = bytearray(chunk.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    chunk.write_bytes(payload)
+    with pytest.raises(StoreError, match=re.escape("array 'image', subject 1 (s001), frame 3: chunk unreadable")):
+        list(CineStream(url, seed=0))
 
 
 @pytest.mark.slow

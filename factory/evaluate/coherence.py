@@ -50,9 +50,9 @@ def mask_coherence(stores: list[Store]) -> tuple[dict, list[dict]]:
     """Summary over the fully labeled subjects of `stores`, and their (phase, volume curves) for plots."""
     rows, curves = [], []
     for store in stores:
-        for i in fully_labeled(store):
-            t = int(store.table.loc[i, "n_frames"])
-            mask, phase = store.read("mask", i, slice(0, t)), store.read("phase", i, slice(0, t))
+        subjects = fully_labeled(store)
+        for i, (mask,) in zip(subjects, store.read_sequences(subjects, ("mask",))):
+            phase = store.read("phase", i, slice(0, len(mask)))
             volumes = label_volumes_ml(mask, store.spacing_mm)
             rows.append(subject_coherence(mask, volumes, phase, store.spacing_mm, store.read("slice_mask", i)))
             curves.append({"phase": phase, **volumes})

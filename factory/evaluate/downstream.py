@@ -103,10 +103,13 @@ def segmenter(channels: tuple[int, ...]) -> torch.nn.Module:
 def training_batch(experiment: Experiment, pool: list[PoolSubject], stores: dict[str, Store],
                    rng: np.random.Generator, augment) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch_size` random subjects of `pool`, one random labeled frame each: (B, 1, Z, H, W) image and label."""
+    draws = [pool[k] for k in rng.integers(len(pool), size=experiment.batch_size)]
+    frames = [int(rng.choice(subject.frames)) for subject in draws]
+    read = {url: zip(*stores[url].read_frames([(s.index, t) for s, t in zip(draws, frames) if s.store == url]))
+            for url in dict.fromkeys(s.store for s in draws)}  # one batched read per store, rows in draw order
     images, labels = [], []
-    for k in rng.integers(len(pool), size=experiment.batch_size):
-        subject = pool[k]
-        image, label = stores[subject.store].frame(subject.index, int(rng.choice(subject.frames)))
+    for subject in draws:
+        image, label = next(read[subject.store])
         if subject.augment:
             sample = augment({"image": image, "label": label.astype(np.float32)})
             image, label = np.asarray(sample["image"]), np.asarray(sample["label"])
@@ -145,10 +148,10 @@ def score(net: torch.nn.Module, experiment: Experiment) -> dict[str, np.ndarray]
     scores = {"dice": [], "hd95": []}
     size = experiment.batch_size
     for start in range(0, len(experiment.test_frames), size):
-        images, masks = zip(*(store.frame(i, t) for i, t in experiment.test_frames[start:start + size]))
-        pred = net(torch.from_numpy(np.stack(images))[:, None]).argmax(1).numpy()
-        scores["dice"].append(dice(pred, np.stack(masks)))
-        scores["hd95"].append(hd95(pred, np.stack(masks), store.spacing_mm))
+        images, masks = store.read_frames(experiment.test_frames[start:start + size])
+        pred = net(torch.from_numpy(images)[:, None]).argmax(1).numpy()
+        scores["dice"].append(dice(pred, masks))
+        scores["hd95"].append(hd95(pred, masks, store.spacing_mm))
     return {k: np.concatenate(v) for k, v in scores.items()}
 
 

@@ -11,6 +11,7 @@ from factory.vocabulary import LV, MYO
 
 MEASURED: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "rv_edv_ml", "rv_esv_ml")
 FEATURES: tuple[str, ...] = (*MEASURED, "rv_lv_ratio", "wall_thickness_mm")
+READ_SUBJECTS = 32  # subjects whose ED and ES masks are read together (memory stays bounded on big stores)
 
 
 def mean_wall_thickness_mm(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
@@ -36,11 +37,13 @@ def store_features(store: Store) -> pd.DataFrame:
     """FEATURES and diagnosis of every subject whose ED and ES frames are labeled (indexed like the table)."""
     table = store.table
     labeled = store.group["labeled"][:]
+    es_frames = {int(i): int(es) for i, es in table["es_frame"].items()
+                 if pd.notna(es) and labeled[i, 0] and labeled[i, int(es)]}
+    subjects = list(es_frames)
     rows = {}
-    for i, row in table.iterrows():
-        es = row["es_frame"]
-        if pd.isna(es) or not (labeled[i, 0] and labeled[i, int(es)]):
-            continue
-        ed, es_mask = store.read("mask", int(i), 0), store.read("mask", int(i), int(es))
-        rows[i] = {**subject_features(ed, es_mask, store.spacing_mm), "diagnosis": row["diagnosis"]}
+    for start in range(0, len(subjects), READ_SUBJECTS):
+        block = subjects[start:start + READ_SUBJECTS]
+        masks, = store.read_frames([(i, t) for i in block for t in (0, es_frames[i])], ("mask",))
+        for i, ed, es_mask in zip(block, masks[0::2], masks[1::2]):
+            rows[i] = {**subject_features(ed, es_mask, store.spacing_mm), "diagnosis": table.loc[i, "diagnosis"]}
     return pd.DataFrame.from_dict(rows, orient="index", columns=[*FEATURES, "diagnosis"])

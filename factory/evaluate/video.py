@@ -34,9 +34,9 @@ def video_subjects(store: Store) -> np.ndarray:
 def mid_slice_clip(store: Store, index: int, frames: int = CLIP_FRAMES) -> np.ndarray:
     """(frames, H, W) mid-ventricular slice of subject `index`, its cycle resampled linearly and cyclically."""
     t = int(store.table.loc[index, "n_frames"])
-    real_slices = np.flatnonzero(store.group["slice_mask"][index])
+    real_slices = np.flatnonzero(store.read("slice_mask", index))
     z = int(real_slices[len(real_slices) // 2]) if len(real_slices) else store.group["image"].shape[2] // 2
-    cycle = store.group["image"][index, :t, z].astype(np.float32)
+    cycle = store.read_frames([(index, f) for f in range(t)], ("image",))[0][:, z]
     position = np.arange(frames) * t / frames
     before = np.floor(position).astype(int)
     weight = (position - before).astype(np.float32)[:, None, None]

@@ -9,7 +9,6 @@ grouping and seeds, so the result equals an uninterrupted run.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -126,10 +125,7 @@ def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bo
     threads = actor_threads(spec.cpus_per_worker) if spec.cpus_per_worker else cpu_share(spec)
     writer = StoreWriter.create(url, n_subjects=len(plan), preset=bundle_preset, kind="synthetic",
                                 max_frames=int(plan["frames"].max()), attrs=run_attributes(spec, threads))
-    buffer = io.BytesIO()
-    plan.to_parquet(buffer, index=False)
-    with writer.fs.open(join(writer.root, PLAN_FILE), "wb") as f:
-        f.write(buffer.getvalue())
+    plan.to_parquet(join(writer.root, PLAN_FILE), index=False, filesystem=writer.fs)
     return writer
 
 
@@ -139,8 +135,7 @@ def reopen_run(spec: RunSpec, plan: pd.DataFrame) -> StoreWriter:
     if not candidates:
         raise StoreError(f"{spec.out}: --resume, but no generation run was started there (run without --resume)")
     writer = StoreWriter(candidates[0])
-    with writer.fs.open(join(writer.root, PLAN_FILE), "rb") as f:
-        stored = pd.read_parquet(io.BytesIO(f.read()))
+    stored = pd.read_parquet(join(writer.root, PLAN_FILE), filesystem=writer.fs)
     if not stored.reset_index(drop=True).equals(plan.reset_index(drop=True)):
         raise StoreError(f"{spec.out}: --resume with a different plan than the one the store was started with")
     stored = writer.attrs.get("sampler", {})

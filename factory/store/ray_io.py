@@ -14,18 +14,18 @@ import ray.data
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from factory.stream.source import Source, read_samples
+from factory.store.samples import SamplePool
 
 ROW_MODES = {"frame": "frame", "subject": "sequence"}
 BLOCK_BYTES = 64 * 2**20  # a read task yields blocks of about this size
 
 
-def _blocks(source: Source, keys: np.ndarray, rows_per_block: int) -> Iterator[Block]:
+def _blocks(pool: SamplePool, keys: np.ndarray, rows_per_block: int) -> Iterator[Block]:
     """The samples of `keys` as blocks of at most `rows_per_block` rows, one column per field."""
     for start in range(0, len(keys), rows_per_block):
-        samples = read_samples([source], [(0, key) for key in keys[start:start + rows_per_block]])
+        samples = pool.read(keys[start:start + rows_per_block])
         columns = {}
-        for name in [n for n in samples[0] if n != "store"]:  # one store: its position says nothing
+        for name in samples[0]:
             values = [s[name] for s in samples]
             same_shape = len({np.shape(v) for v in values}) == 1
             columns[name] = np.stack(values) if same_shape else values  # ragged: variable-shaped tensors
@@ -39,25 +39,25 @@ class StoreDatasource(Datasource):
         super().__init__()
         if per not in ROW_MODES:
             raise ValueError(f"per must be one of {sorted(ROW_MODES)}, got {per!r}")
-        self.source = Source(url, ROW_MODES[per], labeled_only, follow=False)
-        keys = self.source.keys
-        frames = len(keys) if per == "frame" else sum(self.source.rows[int(i)]["n_frames"] for i in keys[:, 0])
-        self._bytes = int(frames * np.prod(self.source.geometry)) * 5  # float32 image + uint8 label
+        self.pool = SamplePool(url, ROW_MODES[per], labeled_only, follow=False)
+        keys = self.pool.keys
+        frames = len(keys) if per == "frame" else sum(self.pool.rows[int(i)]["n_frames"] for i in keys[:, 0])
+        self._bytes = int(frames * np.prod(self.pool.geometry)) * 5  # float32 image + uint8 label
 
     def estimate_inmemory_data_size(self) -> int:
         return self._bytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        keys = self.source.keys
+        keys = self.pool.keys
         n_rows = len(keys)
         rows_per_block = max(1, BLOCK_BYTES * n_rows // max(self._bytes, 1))
         tasks = []
         for part in np.array_split(keys, max(1, min(parallelism, n_rows))):
             if len(part):
                 metadata = BlockMetadata(num_rows=len(part), size_bytes=int(self._bytes * len(part) / n_rows),
-                                         input_files=[self.source.url], exec_stats=None)
-                tasks.append(ReadTask(lambda part=part: _blocks(self.source, part, rows_per_block), metadata,
+                                         input_files=[self.pool.url], exec_stats=None)
+                tasks.append(ReadTask(lambda part=part: _blocks(self.pool, part, rows_per_block), metadata,
                                       per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 
 import numpy as np
 import pandas as pd
@@ -128,11 +127,9 @@ class StoreWriter:
             self.group.attrs.update(extra_attrs)
         records = [read_json(self.fs, join(self.root, layout.row_path(i))) for i in range(self.n_subjects)]
         table = to_table(records)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        payload = buffer.getvalue()
-        with self.fs.open(join(self.root, layout.TABLE), "wb") as f:
-            f.write(payload)
+        path = join(self.root, layout.TABLE)
+        pq.write_table(table, path, filesystem=self.fs)
+        payload = self.fs.cat_file(path)  # the checksum is of the bytes as stored, which readers hash
         manifest = {
             "schema_version": layout.SCHEMA_VERSION,
             "kind": self.attrs["kind"],

@@ -37,8 +37,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from factory.errors import InputError, StoreError
 from factory.store.reader import Store
+from factory.store.samples import MODES, SamplePool
 from factory.stream import plan
-from factory.stream.source import Source, read_samples
 
 StoreRef = str | Path | Store
 Stores = StoreRef | Sequence[StoreRef] | Mapping[StoreRef, float]
@@ -46,6 +46,16 @@ Stores = StoreRef | Sequence[StoreRef] | Mapping[StoreRef, float]
 
 def _url(store: StoreRef) -> str:
     return store.url if isinstance(store, Store) else str(store)
+
+
+def read_samples(pools: list[SamplePool], draws: list[tuple[int, np.ndarray]]) -> list[dict]:
+    """The samples of (pool, key) draws in their order, with their `store`; one batched read per pool."""
+    samples = {}
+    for s in {s for s, _ in draws}:
+        positions = [n for n, (pool, _) in enumerate(draws) if pool == s]
+        keys = np.stack([draws[n][1] for n in positions])
+        samples |= {n: {**sample, "store": s} for n, sample in zip(positions, pools[s].read(keys))}
+    return [samples[n] for n in range(len(draws))]
 
 
 def _to_tensors(sample: dict) -> dict:
@@ -78,8 +88,8 @@ class CineStream(IterableDataset):
                  epoch_size: int | None = None, rank: int | None = None, world_size: int | None = None,
                  even_shards: bool = False, read_ahead: int = 8, poll_interval_s: float = 1.0,
                  follow_timeout_s: float | None = None):
-        if mode not in plan.MODES:
-            raise ValueError(f"mode must be one of {plan.MODES}, got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(stores, Mapping):
             urls, self.weights = [_url(s) for s in stores], [float(w) for w in stores.values()]
         else:
@@ -99,7 +109,7 @@ class CineStream(IterableDataset):
         self.rank, self.world_size, self.read_ahead = rank, world_size, max(1, int(read_ahead))
         self.poll_interval_s, self.follow_timeout_s = poll_interval_s, follow_timeout_s
         self.epoch = 0
-        self.sources = [Source(url, mode, labeled_only, follow) for url in urls]
+        self.sources = [SamplePool(url, mode, labeled_only, follow) for url in urls]
         geometries = {tuple(s.geometry) for s in self.sources}
         if len(geometries) > 1:
             raise InputError(f"stores have different frame geometries {sorted(geometries)}: "

@@ -1,39 +1,12 @@
 """Which samples a stream yields, in which order, and which consumer yields each one.
 
-Pure numpy, no I/O: sample keys are int32 rows (subject, frame, slice) with -1 for the axes a mode
-does not split (a sequence sample is (subject, -1, -1), a frame sample (subject, t, -1)).
+Pure numpy, no I/O: the draws are positions in each store's pool of sample keys
+(`factory.store.samples`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-MODES = ("sequence", "frame", "slice")
-
-
-def sample_keys(subjects: np.ndarray, n_frames: np.ndarray, labeled: np.ndarray, slice_mask: np.ndarray,
-                mode: str, labeled_only: bool) -> np.ndarray:
-    """Keys (K, 3) of every real sample of the given subjects, sorted by subject, frame, slice.
-
-    Padding frames (t >= n_frames) never appear, slice mode keeps only real slices (`slice_mask`),
-    and `labeled_only` keeps labeled frames (sequence mode: subjects with at least one labeled frame).
-    `labeled` (S, T) and `slice_mask` (S, Z) are the rows of `subjects`, in the same order.
-    """
-    real = np.arange(labeled.shape[1])[None, :] < np.asarray(n_frames)[:, None]
-    wanted = real & labeled if labeled_only else real
-    if mode == "sequence":
-        rows = np.flatnonzero(wanted.any(axis=1))
-        keys = np.stack([rows, np.full_like(rows, -1), np.full_like(rows, -1)], axis=1)
-    elif mode == "frame":
-        keys = np.argwhere(wanted)
-        keys = np.concatenate([keys, np.full((len(keys), 1), -1)], axis=1)
-    elif mode == "slice":
-        keys = np.argwhere(wanted[:, :, None] & slice_mask[:, None, :])
-    else:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    keys = keys.astype(np.int32).reshape(-1, 3)
-    keys[:, 0] = np.asarray(subjects, dtype=np.int32)[keys[:, 0]]
-    return keys
 
 
 def quotas(pool_sizes: list[int], weights: list[float] | None, epoch_size: int | None) -> list[int]:
