@@ -181,9 +181,10 @@ class CinePipeline:
         if not {"esv", "ef"} & set(self.bounds):
             return residuals, attempts
         slice_masks = cond["slice_mask"].cpu().numpy()
+        missed = np.arange(len(rows))  # only rows resampled last time are judged again
         for attempt in range(1, self.settings.max_motion_attempts):
-            missed = np.array([i for i, row in enumerate(rows.itertuples(index=False))
-                               if not self.motion_within(row, z_ed[i], residuals[i], edv[i], slice_masks[i])], int)
+            missed = np.array([i for i in missed if not self.motion_within(
+                rows.iloc[i], z_ed[i], residuals[i], edv[i], slice_masks[i])], int)
             if not len(missed):
                 break
             again = self.sample_motion(rows.iloc[missed], {k: v[missed] for k, v in cond.items()}, z_ed[missed],
