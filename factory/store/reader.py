@@ -7,22 +7,20 @@ workers or Ray tasks and pickled cheaply.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
 from collections.abc import Iterator, Sequence
 
-import fsspec.asyn
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import zarr
-import zarr.api.asynchronous
 
 from factory.errors import StoreError
 from factory.record import Subject
 from factory.store import layout
+from factory.store.batch import BatchReader
 from factory.store.fs import filesystem, join, read_json
 
 FRAMES = tuple(layout.FRAME_ARRAYS)  # ("image", "mask")
@@ -58,12 +56,12 @@ class Store:
         layout.validate(self.attrs, "store-attributes", f"{self.url}/zarr.json")
         self._group = None
         self._arrays: dict[str, zarr.Array] = {}
-        self._async_arrays: dict[str, zarr.AsyncArray] = {}
+        self._batch = BatchReader(self.url)
         self._pid: int | None = None
         self._table = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_group": None, "_arrays": {}, "_async_arrays": {}, "_pid": None}
+        return {**self.__dict__, "_group": None, "_arrays": {}, "_pid": None}
 
     @property
     def group(self) -> zarr.Group:
@@ -72,10 +70,10 @@ class Store:
         return self._group
 
     def _open_here(self) -> None:
-        """Open the group in this process on first use, and afresh in a forked child: the parent's handles,
-        asynchronous ones included, belong to its event loops."""
+        """Open the group in this process on first use, and afresh in a forked child: the parent's handles
+        belong to its event loops."""
         if self._group is None or self._pid != os.getpid():
-            self._group, self._arrays, self._async_arrays = zarr.open_group(self.url, mode="r"), {}, {}
+            self._group, self._arrays = zarr.open_group(self.url, mode="r"), {}
             self._pid = os.getpid()
 
     def array(self, name: str) -> zarr.Array:
@@ -207,24 +205,12 @@ class Store:
 
     def _read(self, selections: list[tuple], names: Sequence[str]) -> list[list[np.ndarray]]:
         """Per name, array `name` at every (subject, frames, ...) selection, all fetched in one round trip."""
-        self._open_here()
         reads = [(name, where) for name in names for where in selections]
-        parts = fsspec.asyn.sync(fsspec.asyn.get_loop(), self._fetch, reads)
+        parts = self._batch.read(reads)
         for (name, where), part in zip(reads, parts):
             if isinstance(part, Exception):  # zarr raises codec-specific errors (ValueError for a crc32c mismatch)
                 raise self.unreadable(name, where[0], where[1], part) from None
         return [parts[k * len(selections):(k + 1) * len(selections)] for k in range(len(names))]
-
-    async def _fetch(self, reads: list[tuple[str, tuple]]) -> list[np.ndarray | Exception]:
-        """Array `name` at selection `where` of every read, all fetched concurrently by zarr's asynchronous API.
-
-        It runs on fsspec's IO loop with handles of its own (an object-store filesystem is bound to the
-        event loop that opened it, and zarr's own loop has no public entry point).
-        """
-        arrays = self._async_arrays
-        for name in {name for name, _ in reads} - set(arrays):
-            arrays[name] = await zarr.api.asynchronous.open_array(store=self.url, path=name, mode="r")
-        return await asyncio.gather(*(arrays[name].getitem(where) for name, where in reads), return_exceptions=True)
 
     def subject(self, index: int) -> Subject:
         """Subject `index` with its padding frames removed."""

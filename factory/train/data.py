@@ -61,14 +61,15 @@ class CohortFrames:
         return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
     def read(self, pairs: np.ndarray, with_ed: bool = False) -> dict[str, torch.Tensor]:
-        """image (B, 1, Z, H, W), mask (B, Z, H, W) int64, labeled (B,) bool [, ed_image like image]."""
-        images, masks = zip(*(self.store.frame(int(i), int(t)) for i, t in pairs))
-        batch = {"image": torch.from_numpy(np.stack(images))[:, None],
-                 "mask": torch.from_numpy(np.stack(masks).astype(np.int64)),
+        """image (B, 1, Z, H, W), mask (B, Z, H, W) int64, labeled (B,) bool [, ed_image like image], in one store read."""
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        images, masks = self.store.read_frames(pairs)
+        batch = {"image": torch.from_numpy(images)[:, None],
+                 "mask": torch.from_numpy(masks.astype(np.int64)),
                  "labeled": torch.from_numpy(self.labeled[pairs[:, 0], pairs[:, 1]])}
         if with_ed:
-            ed_frames = [self.store.frame(int(i), 0)[0] for i in pairs[:, 0]]
-            batch["ed_image"] = torch.from_numpy(np.stack(ed_frames))[:, None]
+            ed_pairs = np.stack([pairs[:, 0], np.zeros(len(pairs), dtype=np.int64)], axis=1)
+            batch["ed_image"] = torch.from_numpy(self.store.read_frames(ed_pairs, names=("image",))[0])[:, None]
         return batch
 
 

@@ -14,6 +14,8 @@ Building it is a Ray Data job: `map_batches` over subject ids with a pool of enc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 import ray.data
@@ -23,6 +25,7 @@ import zarr
 from factory.bundle import load_bundle, read_config, training_fingerprint
 from factory.models.conditioning import CLINICAL_SCALARS, NULL_DIAGNOSIS, ClinicalNormalizer
 from factory.presets import Preset
+from factory.store.batch import BatchReader
 from factory.store.reader import open_store
 from factory.train.config import StageConfig
 from factory.train.data import augment_ed, clinical_values, shard, split_subjects
@@ -162,6 +165,11 @@ class LatentSampler:
         self.diagnosis = self.group["diagnosis"][:]
         self.clinical = self.group["clinical_aug"][:]
         self.normalizer = normalizer
+        self.reader = BatchReader(url)
+
+    def read(self, name: str, keys: Iterable[tuple[int, int]]) -> np.ndarray:
+        """Rows (i, j) of latent array `name`, stacked: all chunks of a batch fetched in one round trip."""
+        return np.stack(self.reader.read_all([(name, (int(i), int(j))) for i, j in keys]))
 
     def conditions(self, subjects: np.ndarray, copies: np.ndarray) -> dict[str, torch.Tensor]:
         """slice_mask, diagnosis, normalised scalars, and `missing` (samples whose scalars are unknown)."""
@@ -177,15 +185,15 @@ class LatentSampler:
         """x0 = scaled ED latent of a random (augmented) copy, and that copy's conditions."""
         subjects = rng.choice(self.subjects, size=size)
         copies = rng.integers(self.clinical.shape[1], size=size)
-        x0 = np.stack([self.group["z_ed_aug"][i, a] for i, a in zip(subjects, copies)])
+        x0 = self.read("z_ed_aug", zip(subjects, copies))
         return {"x0": torch.from_numpy(x0) * self.latent_scale, **self.conditions(subjects, copies)}
 
     def motion_batch(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
         """x0 = scaled residual r_t of a random frame, z_ed (scaled), its phase and the subject's conditions."""
         subjects = rng.choice(self.subjects, size=size)
         frames = (rng.random(size) * self.n_frames[subjects]).astype(np.int64)
-        residual = np.stack([self.group["residual"][i, t] for i, t in zip(subjects, frames)])
-        z_ed = np.stack([self.group["z"][i, 0] for i in subjects])
+        residual = self.read("residual", zip(subjects, frames))
+        z_ed = self.read("z", ((i, 0) for i in subjects))
         return {"x0": torch.from_numpy(residual) * self.residual_scale,
                 "z_ed": torch.from_numpy(z_ed) * self.latent_scale,
                 "phase": torch.from_numpy(self.phase[subjects, frames]),
