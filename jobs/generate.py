@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Draw the plan, generate it into --out, and print the run's summary and where the store is."""
-    plan = plan_from_args(args, preset_name=read_config(args.bundle)["preset"])
+    plan = plan_from_args(args, read_config(args.bundle))
     spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
                    workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
     summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,22 @@ def subject_and_row(i: int, kind: str, prefix: str):
     return subject, row
 
 
+def unlabeled(subject, row: dict):
+    """The subject as an unlabeled pool study: no masks, no ES frame, no clinical values or diagnosis."""
+    subject = replace(subject, mask=np.zeros_like(subject.mask), labeled=np.zeros(subject.n_frames, bool),
+                      es_frame=None, phase=None)
+    return subject, row | {key: None for key in ("diagnosis", "edv_ml", "esv_ml", "ef_pct", "myo_mass_g",
+                                                   "rv_edv_ml", "rv_esv_ml", "rv_ef_pct")}
+
+
 def write_store(path: Path | str, n: int = 6, kind: str = "cohort", prefix: str = "s", finalize: bool = True,
-                overwrite: bool = False) -> str:
-    """A store of `n` small subjects in the tiny preset's geometry; returns its path."""
+                overwrite: bool = False, n_unlabeled: int = 0) -> str:
+    """A store of `n` small subjects in the tiny preset's geometry, the last `n_unlabeled` of them unlabeled
+    (cohorts only); returns its path."""
     writer = StoreWriter.create(str(path), n_subjects=n, preset=get_preset("tiny"), kind=kind, overwrite=overwrite)
     for i in range(n):
-        writer.write_subject(i, *subject_and_row(i, kind, prefix))
+        subject, row = subject_and_row(i, kind, prefix)
+        writer.write_subject(i, *(unlabeled(subject, row) if i >= n - n_unlabeled else (subject, row)))
     if finalize:
         writer.finalize()
     return str(path)

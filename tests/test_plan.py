@@ -12,7 +12,7 @@ from factory.cli import main
 from factory.data.priors import ClinicalPriors
 from factory.errors import InputError
 from factory.presets import get_preset
-from factory.sample.plan import PLAN_COLUMNS, diagnosis_counts, load_plan, make_plan, parse_mix
+from factory.sample.plan import PLAN_COLUMNS, load_plan, split_counts, make_plan, parse_mix
 from factory.vocabulary import DIAGNOSES
 
 TINY = get_preset("tiny")
@@ -36,7 +36,7 @@ def test_rows_do_not_depend_on_plan_length_and_seed_changes_everything():
 
 
 def test_mix_and_rare_disease_sets():
-    assert diagnosis_counts(10, {"NOR": 0.2, "HCM": 0.8}) == {"NOR": 2, "HCM": 8}
+    assert split_counts(10, {"NOR": 0.2, "HCM": 0.8}) == {"NOR": 2, "HCM": 8}
     plan = make_plan(30, TINY, mix=parse_mix("NOR=1,HCM=2", normalize=True))
     assert plan["diagnosis"].value_counts().to_dict() == {"HCM": 20, "NOR": 10}
     assert parse_mix("NOR=0.2,HCM=0.8") == pytest.approx({"NOR": 0.2, "HCM": 0.8})

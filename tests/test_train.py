@@ -40,7 +40,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_local) -> Path:
-    """A 6-subject cohort trained through every stage, the hard way.
+    """A 6-subject cohort (two of them unlabeled, vendors A and B) trained through every stage, the hard way.
 
     1. vae, teacher, anatomy: the VAE's last worker raises at step 3; FailureConfig restarts the
        worker group, which resumes from the checkpoint of step 2.
@@ -56,7 +56,7 @@ def trained(tmp_path_factory, ray_local) -> Path:
     spec.loader.exec_module(job)
 
     root = tmp_path_factory.mktemp("train")
-    cohort = write_store(root / "cohort.zarr", n=6)
+    cohort = write_store(root / "cohort.zarr", n=6, n_unlabeled=2)
     out = root / "bundle"
     common = {"cohort": cohort, "out": str(out), "steps": STEPS, "batch_size": 2, "checkpoint_every": CHECKPOINT_EVERY}
     train(TrainOptions(**common, stages=("vae", "teacher", "anatomy"), fail_at_step={"vae": FAIL_AT}, max_failures=1))
@@ -81,6 +81,10 @@ def test_every_stage_trains_into_a_loadable_bundle(trained):
     assert {"dice_LV", "dice_MYO", "dice_RV", "psnr"} <= set(config["stages"]["vae"]["metrics"])
     assert config["latent_scale"] > 0 and config["residual_scale"] > 0
     assert config["clinical_normalizer"]["scalars"][0] == "edv_ml"
+    assert config["vendors"] == ["A", "B"] and sum(config["vendor_counts"].values()) == 6
+    for stage in ("anatomy", "motion"):  # the unlabeled subjects reach the LDMs with pseudo clinical values
+        seen = config["stages"][stage]["subjects"]
+        assert sum(seen["pseudo"].values()) > 0 and sum(seen["labeled"].values()) > 0, seen
     assert config["stages"]["vae"]["loss_weights"] == asdict(get_recipe("tiny")["vae"].loss)
 
     import factory

@@ -66,6 +66,11 @@ class Bundle:
     def diagnoses(self) -> list[str]:
         return self.config["diagnoses"]
 
+    @property
+    def vendors(self) -> list[str]:
+        """The vendor vocabulary of the LDMs' vendor token (empty: a bundle without one)."""
+        return vendor_vocabulary_of(self.config)
+
     def normalizer(self):  # -> ClinicalNormalizer (imported lazily: keeps `import factory.bundle` free of the models)
         """The clinical normaliser fitted on the training cohort."""
         from factory.models.conditioning import ClinicalNormalizer
@@ -90,6 +95,11 @@ class Bundle:
 
 
 # -- reading -----------------------------------------------------------------------------------------
+def vendor_vocabulary_of(config: dict) -> list[str]:
+    """bundle.json's vendor vocabulary (bundles trained before the vendor token have none)."""
+    return list(config.get("vendors") or [])
+
+
 def read_config(path: Path | str) -> dict:
     """bundle.json of a bundle directory, checked against this code's presets and format."""
     path = Path(path)
@@ -185,7 +195,8 @@ def stage_weights(path: Path, config: dict, stage: str) -> dict[str, torch.Tenso
     weights_path = path / entry.get("file", f"{stage}.safetensors")
     tensors = read_weights(weights_path, stage, entry.get("sha256"))
     with torch.device("meta"):
-        check_state_dict(build_model(PRESETS[config["preset"]], stage), tensors, weights_path, config["preset"])
+        check_state_dict(build_model(PRESETS[config["preset"]], stage, len(vendor_vocabulary_of(config))), tensors,
+                         weights_path, config["preset"])
     return tensors
 
 
@@ -227,7 +238,7 @@ def load_bundle(path: Path | str, device: str | torch.device = "cpu", stages: tu
     for stage in wanted_stages(path, config, stages):
         tensors = stage_weights(path, config, stage)
         with torch.device(device):
-            module = build_model(preset_obj, stage)
+            module = build_model(preset_obj, stage, len(vendor_vocabulary_of(config)))
         module.load_state_dict(tensors)
         models[stage] = module.eval()
     return Bundle(path=path, config=config, preset=preset_obj, models=models)

@@ -1,9 +1,10 @@
-"""Conditioning of the diffusion UNets: clinical values and cardiac phase -> cross-attention tokens.
+"""Conditioning of the diffusion UNets: clinical values, scanner vendor and cardiac phase -> cross-attention tokens.
 
 `CLINICAL_SCALARS` is the one list of scalar conditions; `ClinicalNormalizer` standardises them
-(its statistics travel in the model bundle's JSON); `ClinicalEncoder` turns a diagnosis and the
-normalised scalars into context tokens, with a per-sample `drop` for classifier-free guidance;
-`PhaseEmbedding` turns the cardiac phase into one more token for the motion model.
+(its statistics travel in the model bundle's JSON); `ClinicalEncoder` turns a diagnosis, the
+normalised scalars and (for bundles with a vendor vocabulary) the vendor into context tokens, with
+per-sample drops for classifier-free guidance; `PhaseEmbedding` turns the cardiac phase into one
+more token for the motion model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ from factory.vocabulary import DIAGNOSES, PHASE_CYCLE
 
 CLINICAL_SCALARS: tuple[str, ...] = ("edv_ml", "esv_ml", "ef_pct", "myo_mass_g", "n_slices")
 NULL_DIAGNOSIS = len(DIAGNOSES)  # the "unconditional" diagnosis id of classifier-free guidance
+NO_VENDOR = ("", "unknown", "synthetic")  # vendor values that name no scanner: the null vendor id
+
+
+def vendor_vocabulary(values: Sequence[object]) -> list[str]:
+    """The vendors a cohort names (sorted; missing, 'unknown' and 'synthetic' are no vendor): the token's vocabulary."""
+    return sorted({str(v) for v in values if isinstance(v, str) and v.strip() and v not in NO_VENDOR})
+
+
+def vendor_ids(names: Sequence[object], vocabulary: Sequence[str], strict: bool = True) -> torch.Tensor:
+    """Vendor names -> long tensor of ids into `vocabulary`; the null id (len(vocabulary)) for no vendor.
+
+    `strict`: a name outside the vocabulary is refused, naming it and the vocabulary (plans); otherwise
+    it gets the null id (training subjects of a vendor the bundle does not know).
+    """
+    vocabulary = list(vocabulary)
+    unknown = sorted({n for n in names if isinstance(n, str) and n not in vocabulary and n not in NO_VENDOR})
+    if unknown and strict:
+        raise InputError(f"unknown vendor {unknown}; this bundle knows {vocabulary}")
+    return torch.tensor([vocabulary.index(n) if n in vocabulary else len(vocabulary) for n in names],
+                        dtype=torch.long)
 
 
 def diagnosis_ids(names: Sequence[str]) -> torch.Tensor:
@@ -84,24 +105,29 @@ class ClinicalNormalizer:
 
 
 class ClinicalEncoder(nn.Module):
-    """(diagnosis, scalars, drop) -> (B, n_tokens, context_dim): one diagnosis token + scalar tokens.
+    """(diagnosis, scalars[, vendor]) -> (B, n_tokens[+1], context_dim): a diagnosis token, scalar tokens, and a
+    vendor token when the encoder has a vendor vocabulary (`n_vendors` > 0).
 
     `drop[i]` swaps sample i's diagnosis for the null id and its scalar tokens for learned null
-    tokens: the unconditional branch of classifier-free guidance.
+    tokens; `drop_vendor[i]` swaps its vendor for the null vendor id. Both together give the
+    unconditional branch of classifier-free guidance; training drops them independently.
     """
 
     def __init__(self, context_dim: int, n_tokens: int = 4, n_scalars: int = len(CLINICAL_SCALARS),
-                 n_diagnoses: int = len(DIAGNOSES)) -> None:
+                 n_diagnoses: int = len(DIAGNOSES), n_vendors: int = 0) -> None:
         super().__init__()
         self.n_scalar_tokens = n_tokens - 1
+        self.n_vendors = n_vendors
         self.diagnosis = nn.Embedding(n_diagnoses + 1, context_dim)  # last id = null
         self.scalars = nn.Sequential(nn.Linear(n_scalars, context_dim), nn.SiLU(),
                                      nn.Linear(context_dim, self.n_scalar_tokens * context_dim))
         self.null_scalars = nn.Parameter(torch.randn(self.n_scalar_tokens, context_dim) * 0.02)
+        if n_vendors:
+            self.vendor = nn.Embedding(n_vendors + 1, context_dim)  # last id = null
         self.norm = nn.LayerNorm(context_dim)
 
-    def forward(self, diagnosis: torch.Tensor, scalars: torch.Tensor,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, diagnosis: torch.Tensor, scalars: torch.Tensor, drop: torch.Tensor | None = None,
+                vendor: torch.Tensor | None = None, drop_vendor: torch.Tensor | None = None) -> torch.Tensor:
         batch = diagnosis.shape[0]
         scalar_tokens = self.scalars(scalars).view(batch, self.n_scalar_tokens, -1)
         if drop is not None:
@@ -110,8 +136,15 @@ class ClinicalEncoder(nn.Module):
                                     diagnosis)
             scalar_tokens = torch.where(drop[:, None, None], self.null_scalars.to(scalar_tokens.dtype),
                                         scalar_tokens)
-        tokens = torch.cat([self.diagnosis(diagnosis)[:, None], scalar_tokens], dim=1)
-        return self.norm(tokens)
+        tokens = [self.diagnosis(diagnosis)[:, None], scalar_tokens]
+        if self.n_vendors:
+            if vendor is None:
+                raise ValueError("this encoder has a vendor vocabulary: pass vendor ids (the null id for none)")
+            if drop_vendor is not None:
+                vendor = torch.where(drop_vendor.to(device=vendor.device, dtype=torch.bool),
+                                     torch.full_like(vendor, self.n_vendors), vendor)
+            tokens.append(self.vendor(vendor)[:, None])
+        return self.norm(torch.cat(tokens, dim=1))
 
 
 class PhaseEmbedding(nn.Module):

@@ -1,8 +1,10 @@
 """The two latent diffusion UNets (MONAI DiffusionModelUNet, 3D, cross-attention conditioning).
 
-Anatomy: noisy ED latent + slice-mask channel -> noise, context = clinical tokens.
-Motion: noisy residual r_t + z_ED + slice-mask channel -> noise, context = clinical tokens + a phase
-token. Each wrapper owns its encoders, so a bundle's weights of one stage are one state dict.
+Anatomy: noisy ED latent + slice-mask channel -> noise, context = clinical tokens (+ a vendor token).
+Motion: noisy residual r_t + z_ED + slice-mask channel -> noise, context = clinical tokens (+ a vendor
+token) + a phase token. `n_vendors` is the size of the bundle's vendor vocabulary (0: no vendor
+token, as bundles trained before it). Each wrapper owns its encoders, so a bundle's weights of one
+stage are one state dict.
 """
 
 from __future__ import annotations
@@ -40,17 +42,17 @@ def _timesteps(t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
 class AnatomyUNet(nn.Module):
     """Static anatomy LDM denoiser over ED latents, conditioned on diagnosis and clinical scalars."""
 
-    def __init__(self, preset: Preset) -> None:
+    def __init__(self, preset: Preset, n_vendors: int = 0) -> None:
         super().__init__()
         channels = preset.vae.latent_channels
-        self.clinical = ClinicalEncoder(preset.context_dim)
+        self.clinical = ClinicalEncoder(preset.context_dim, n_vendors=n_vendors)
         self.unet = diffusion_unet(preset.anatomy_unet, channels + 1, channels, preset.context_dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, slice_mask: torch.Tensor,
-                diagnosis: torch.Tensor, scalars: torch.Tensor,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
+                diagnosis: torch.Tensor, scalars: torch.Tensor, drop: torch.Tensor | None = None, *,
+                vendor: torch.Tensor | None = None, drop_vendor: torch.Tensor | None = None) -> torch.Tensor:
         """Noise prediction for noisy ED latents x_t (B, C, Z, h, w) at timesteps t."""
-        context = self.clinical(diagnosis, scalars, drop)
+        context = self.clinical(diagnosis, scalars, drop, vendor, drop_vendor)
         x = torch.cat([x_t, slice_mask_channel(slice_mask, x_t)], dim=1)
         return self.unet(x, _timesteps(t, x_t), context=context)
 
@@ -58,21 +60,22 @@ class AnatomyUNet(nn.Module):
 class MotionUNet(nn.Module):
     """Residual motion LDM denoiser over r_t, conditioned on z_ED, clinical values and phase.
 
-    `drop` removes the clinical tokens only (classifier-free guidance on the clinical condition);
-    the ED latent and the phase are always given.
+    `drop` / `drop_vendor` remove the clinical / vendor tokens (classifier-free guidance); the ED latent
+    and the phase are always given.
     """
 
-    def __init__(self, preset: Preset) -> None:
+    def __init__(self, preset: Preset, n_vendors: int = 0) -> None:
         super().__init__()
         channels = preset.vae.latent_channels
-        self.clinical = ClinicalEncoder(preset.context_dim)
+        self.clinical = ClinicalEncoder(preset.context_dim, n_vendors=n_vendors)
         self.phase = PhaseEmbedding(preset.context_dim)
         self.unet = diffusion_unet(preset.motion_unet, 2 * channels + 1, channels, preset.context_dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, slice_mask: torch.Tensor,
                 diagnosis: torch.Tensor, scalars: torch.Tensor, drop: torch.Tensor | None = None, *,
-                z_ed: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+                z_ed: torch.Tensor, phase: torch.Tensor, vendor: torch.Tensor | None = None,
+                drop_vendor: torch.Tensor | None = None) -> torch.Tensor:
         """Noise prediction for noisy residuals x_t (B, C, Z, h, w) of frames at `phase` (B,)."""
-        context = torch.cat([self.clinical(diagnosis, scalars, drop), self.phase(phase)], dim=1)
+        context = torch.cat([self.clinical(diagnosis, scalars, drop, vendor, drop_vendor), self.phase(phase)], dim=1)
         x = torch.cat([x_t, z_ed, slice_mask_channel(slice_mask, x_t)], dim=1)
         return self.unet(x, _timesteps(t, x_t), context=context)

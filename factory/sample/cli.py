@@ -14,7 +14,7 @@ from factory.models.schedulers import SAMPLERS
 from factory.outputs import check_output
 from factory.presets import PRESETS, get_preset
 from factory.sample.pipeline import SamplerSettings
-from factory.sample.plan import load_plan, make_plan, parse_mix
+from factory.sample.plan import assign_vendors, check_vendors, load_plan, make_plan, parse_mix, vendor_weights
 from factory.sample.tolerance import parse_tolerance
 
 
@@ -30,13 +30,17 @@ def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True
     parser.add_argument("--mix", help="diagnosis proportions summing to 1, e.g. NOR=0.2,HCM=0.4,RV=0.4")
     parser.add_argument("--normalize", action="store_true", help="rescale --mix weights that do not sum to 1")
     parser.add_argument("--diagnoses", help="equal split over these diagnoses only, e.g. HCM,RV")
+    parser.add_argument("--vendors", help="scanner appearance to generate, equal split inside every diagnosis,"
+                                          " e.g. B,C (default: the bundle's training cohort's vendor mix)")
+    parser.add_argument("--vendor-mix", help="vendor proportions summing to 1, e.g. B=0.5,C=0.5")
     parser.add_argument("--priors", help="fit clinical priors to this cohort store or CSV table"
                                          " (default: the bundled ACDC fit)")
     parser.add_argument("--frames", type=int, help="frames per cycle for every subject, 2 to the preset's maximum"
                                                    " (default: drawn)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="plan seed (every row derives its own)")
     if with_preset:
-        parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="preset the plan must fit")
+        parser.add_argument("--preset", choices=sorted(PRESETS),
+                            help="preset the plan must fit (default: the --bundle's, else tiny)")
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,17 +74,33 @@ def load_priors(source: str | None) -> ClinicalPriors:
     return ClinicalPriors.fit(open_store(source).table.dropna(subset=["edv_ml", "ef_pct"]), source=source)
 
 
-def plan_from_args(args: argparse.Namespace, preset_name: str | None = None) -> pd.DataFrame:
-    """The plan an invocation asks for: from --plan, or drawn from priors with --n; `preset_name` overrides --preset."""
-    preset = get_preset(preset_name or args.preset)
+def plan_from_args(args: argparse.Namespace, bundle_config: dict) -> pd.DataFrame:
+    """The plan an invocation asks for, for the bundle whose bundle.json is `bundle_config` (its preset, its vendor
+    vocabulary): from --plan, or drawn from priors with --n.
+
+    Vendors: --vendors / --vendor-mix split every diagnosis over the vendors asked for; without them, rows that
+    name no vendor get the bundle's training-cohort vendor mix (bundles without a vendor token: none).
+    """
+    preset = get_preset(bundle_config["preset"])
+    vocabulary = list(bundle_config.get("vendors") or [])
+    weights = vendor_weights(args.vendors, args.vendor_mix, vocabulary, normalize=args.normalize)
     if args.plan is not None:
-        return load_plan(args.plan, preset, seed=args.seed)
-    if args.n is None:
+        plan, source = load_plan(args.plan, preset, seed=args.seed), str(args.plan)
+        if weights is not None and plan["vendor"].astype(bool).any():
+            raise InputError(f"{args.plan}: the plan has a vendor column; drop --vendors / --vendor-mix or the column")
+    elif args.n is None:
         raise InputError("give --n N (subjects to draw) or --plan FILE")
-    return make_plan(args.n, preset, seed=args.seed, balance=args.balance,
-                     mix=parse_mix(args.mix, normalize=args.normalize) if args.mix else None,
-                     diagnoses=args.diagnoses.split(",") if args.diagnoses else None,
-                     priors=load_priors(args.priors), frames=args.frames)
+    else:
+        plan, source = make_plan(args.n, preset, seed=args.seed, balance=args.balance,
+                                 mix=parse_mix(args.mix, normalize=args.normalize) if args.mix else None,
+                                 diagnoses=args.diagnoses.split(",") if args.diagnoses else None,
+                                 priors=load_priors(args.priors), frames=args.frames), "generated plan"
+    counts = bundle_config.get("vendor_counts") or {}
+    weights = weights or ({v: float(n) for v, n in counts.items() if n} if sum(counts.values()) else None)
+    if weights is not None and not plan["vendor"].astype(bool).any():
+        plan = assign_vendors(plan, weights)
+    check_vendors(plan, vocabulary, source)
+    return plan
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
@@ -94,6 +114,8 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`factory plan`: write a sampling plan to inspect or edit before generating."""
     add_plan_arguments(parser)
+    parser.add_argument("--bundle", type=Path, help="bundle the plan is for: its vendor vocabulary and cohort"
+                                                    " vendor mix (default: none, plans without vendors)")
     parser.add_argument("--out", type=Path, required=True, help="plan file to write (.csv or .parquet)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -101,7 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the plan the arguments ask for to --out."""
     check_output(args.out, overwrite=args.overwrite, accept=(), is_file=True)
-    plan = plan_from_args(args)
+    config = {"preset": args.preset or "tiny"}
+    if args.bundle is not None:
+        from factory.bundle import read_config
+
+        config = read_config(args.bundle)
+        if args.preset not in (None, config["preset"]):
+            raise InputError(f"--preset {args.preset} differs from the bundle's preset {config['preset']!r}")
+    plan = plan_from_args(args, config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".parquet":
         plan.to_parquet(args.out, index=False)

@@ -17,7 +17,7 @@ import torch
 
 from factory.data.clinical import ejection_fraction, label_volumes_ml, measure
 from factory.data.gate import check_ed_mask
-from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids
+from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids, vendor_ids
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
@@ -60,12 +60,13 @@ class CinePipeline:
     def __init__(self, vae: torch.nn.Module, anatomy: torch.nn.Module, motion: torch.nn.Module, preset: Preset,
                  latent_scale: float, residual_scale: float, normalizer: ClinicalNormalizer,
                  mass_fit: dict[str, list[float]], settings: SamplerSettings = SamplerSettings(),
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", vendors: list[str] | None = None):
         self.device = torch.device(device)
         self.vae, self.anatomy, self.motion = (m.to(self.device).eval() for m in (vae, anatomy, motion))
         self.preset, self.settings = preset, settings
         self.latent_scale, self.residual_scale = latent_scale, residual_scale
         self.normalizer, self.mass_fit = normalizer, mass_fit
+        self.vendors = list(vendors or [])  # the vendor token's vocabulary (empty: the bundle has none)
         self.spacing = preset.geometry.spacing_mm
 
     @property
@@ -79,7 +80,7 @@ class CinePipeline:
         """Build from a loaded model bundle (factory.load_bundle)."""
         return cls(bundle.models["vae"], bundle.models["anatomy"], bundle.models["motion"], bundle.preset,
                    bundle.latent_scale, bundle.residual_scale, bundle.normalizer(), bundle.config["myo_mass_fit"],
-                   settings, device)
+                   settings, device, bundle.vendors)
 
     @torch.no_grad()
     def __call__(self, rows: pd.DataFrame) -> list[Generated]:
@@ -92,7 +93,8 @@ class CinePipeline:
                 for i, row in enumerate(rows.itertuples(index=False))]
 
     def conditions(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
-        """Diagnosis ids, normalised clinical scalars and slice masks of a batch of rows."""
+        """Diagnosis ids, normalised clinical scalars, vendor ids (the `vendor` column; none: the null id) and slice
+        masks of a batch of rows."""
         table = rows.copy()
         if "myo_mass_g" not in table:  # plans give volumes; the mass follows the cohort's fit on EDV
             fit = np.array([self.mass_fit[d] for d in table["diagnosis"]])
@@ -101,6 +103,7 @@ class CinePipeline:
         return {
             "diagnosis": diagnosis_ids(list(table["diagnosis"])).to(self.device),
             "scalars": self.normalizer.transform(table).to(self.device),
+            "vendor": vendor_ids(list(table.get("vendor", [""] * len(table))), self.vendors).to(self.device),
             "slice_mask": torch.from_numpy(np.stack([centred_slice_mask(int(n), z) for n in table["n_slices"]]))
                           .to(self.device),
         }
@@ -120,7 +123,7 @@ class CinePipeline:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 out = model(scheduler.scale_model_input(x.repeat(branches, *([1] * (x.ndim - 1))), t), t,
                             inputs["slice_mask"], inputs["diagnosis"], inputs["scalars"], drop,
-                            **{k: inputs[k] for k in extra}).float()
+                            vendor=inputs["vendor"], drop_vendor=drop, **{k: inputs[k] for k in extra}).float()
             if branches == 2:
                 conditional, null = out.chunk(2)
                 out = null + guidance * (conditional - null)
@@ -242,12 +245,14 @@ class CinePipeline:
         lv_curve = label_volumes_ml(mask, self.spacing)["lv"]
         subject = Subject(f"syn{int(row.plan_row):06d}", image.astype(np.float32), mask,
                           np.ones(len(mask), bool), self.spacing, int(row.es_frame), slice_mask=slice_mask)
+        vendor = getattr(row, "vendor", "") or ""
         table_row = {
-            "source": "synthetic", "vendor": "synthetic", "diagnosis": row.diagnosis,
+            "source": "synthetic", "vendor": vendor or "synthetic", "diagnosis": row.diagnosis,
             **measured, "lv_min_frame": int(np.argmin(lv_curve)),
             "plan_row": int(row.plan_row), "seed": int(row.seed),
             "requested_edv_ml": float(row.edv_ml), "requested_esv_ml": float(row.esv_ml),
             "requested_ef_pct": float(row.ef_pct), "requested_n_slices": int(row.n_slices),
+            "requested_vendor": vendor or None,
             "gate_attempts": attempts, "status": "gate_failed" if gate_reasons else "ok",
             "gate_reasons": "; ".join(gate_reasons),
         }

@@ -1,7 +1,8 @@
 """Sampling plans: one row per subject to generate, each with its own seed.
 
 A plan is a table with columns `plan_row`, `diagnosis`, `edv_ml`, `esv_ml`, `ef_pct`, `n_slices`,
-`frames`, `es_frame`, `seed`. The same plan gives the same dataset: every random choice made while
+`frames`, `es_frame`, `seed`, `vendor` (the scanner whose appearance to generate; "" = none, the
+vendor-unconditional model). The same plan gives the same dataset: every random choice made while
 generating row k derives from that row's seed alone, so rows can be generated in any order, on
 any worker, and resumed.
 """
@@ -19,7 +20,8 @@ from factory.errors import InputError
 from factory.presets import Preset
 from factory.vocabulary import DIAGNOSES, derive_seed
 
-PLAN_COLUMNS = ("plan_row", "diagnosis", "edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
+PLAN_COLUMNS = ("plan_row", "diagnosis", "edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed",
+                "vendor")
 NUMERIC_COLUMNS = ("edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
 INTEGER_COLUMNS = ("n_slices", "frames", "es_frame", "seed")
 ES_FRACTION = 0.37  # default ES position (fraction of the cycle) when a plan file gives none
@@ -33,40 +35,100 @@ ESV_RANGE_ML = (1.0, 950.0)
 EF_RANGE_PCT = (2.0, 95.0)
 
 
-def diagnosis_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
-    """Split n subjects over diagnoses by weight (largest remainder, ties in vocabulary order)."""
+def split_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """Split n subjects over names by weight (largest remainder, ties in the weights' order)."""
     total = sum(weights.values())
     exact = {d: n * w / total for d, w in weights.items()}
     counts = {d: int(np.floor(x)) for d, x in exact.items()}
-    by_remainder = sorted(weights, key=lambda d: (-(exact[d] - counts[d]), DIAGNOSES.index(d)))
+    order = list(weights)
+    by_remainder = sorted(weights, key=lambda d: (-(exact[d] - counts[d]), order.index(d)))
     for d in by_remainder[: n - sum(counts.values())]:
         counts[d] += 1
     return counts
 
 
-def parse_mix(text: str, normalize: bool = False) -> dict[str, float]:
-    """`NOR=0.2,HCM=0.8` -> {"NOR": 0.2, "HCM": 0.8}; the weights must sum to 1 unless `normalize` rescales them."""
-    mix = {}
+def interleave(counts: dict[str, int]) -> list[str]:
+    """Names repeated by their counts, in turn (A, B, C, A, B, ...): every prefix keeps the proportions."""
+    remaining = {d: c for d, c in counts.items() if c}
+    sequence = []
+    while remaining:
+        for d in list(remaining):
+            sequence.append(d)
+            remaining[d] -= 1
+            if not remaining[d]:
+                del remaining[d]
+    return sequence
+
+
+def parse_weights(text: str, flag: str, vocabulary: list[str] | tuple[str, ...], normalize: bool = False,
+                  upper: bool = False) -> dict[str, float]:
+    """`NAME=W,NAME=W` -> {name: w}, names from `vocabulary`; the weights must sum to 1 unless `normalize`
+    rescales them. `flag` names the option in errors (--mix, --vendor-mix)."""
+    weights = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
-        name = name.strip().upper()
-        if not sep or name not in DIAGNOSES:
-            raise InputError(f"--mix item {item!r}: expected DIAGNOSIS=WEIGHT with DIAGNOSIS in {DIAGNOSES}")
-        if name in mix:
-            raise InputError(f"--mix item {item!r}: {name} is given twice")
+        name = name.strip().upper() if upper else name.strip()
+        if not sep or name not in vocabulary:
+            raise InputError(f"{flag} item {item!r}: expected NAME=WEIGHT with NAME in {list(vocabulary)}")
+        if name in weights:
+            raise InputError(f"{flag} item {item!r}: {name} is given twice")
         try:
             weight = float(value)
         except ValueError:
-            raise InputError(f"--mix item {item!r}: weight {value!r} is not a number") from None
+            raise InputError(f"{flag} item {item!r}: weight {value!r} is not a number") from None
         if not (math.isfinite(weight) and weight >= 0):
-            raise InputError(f"--mix item {item!r}: weight must be a finite number >= 0")
-        mix[name] = weight
-    total = sum(mix.values())
+            raise InputError(f"{flag} item {item!r}: weight must be a finite number >= 0")
+        weights[name] = weight
+    total = sum(weights.values())
     if total <= 0:
-        raise InputError(f"--mix {text!r}: weights sum to zero")
+        raise InputError(f"{flag} {text!r}: weights sum to zero")
     if not normalize and abs(total - 1) > MIX_TOLERANCE:
-        raise InputError(f"--mix {text!r}: weights sum to {total:.10g}, not 1 (pass --normalize to rescale them)")
-    return {d: w / total for d, w in mix.items()}
+        raise InputError(f"{flag} {text!r}: weights sum to {total:.10g}, not 1 (pass --normalize to rescale them)")
+    return {d: w / total for d, w in weights.items()}
+
+
+def parse_mix(text: str, normalize: bool = False) -> dict[str, float]:
+    """`NOR=0.2,HCM=0.8` -> {"NOR": 0.2, "HCM": 0.8} (diagnosis proportions, see `parse_weights`)."""
+    return parse_weights(text, "--mix", DIAGNOSES, normalize, upper=True)
+
+
+def vendor_weights(vendors: str | None, mix: str | None, vocabulary: list[str], normalize: bool = False,
+                   ) -> dict[str, float] | None:
+    """The vendor proportions `--vendors B,C` (equal split) or `--vendor-mix B=0.5,C=0.5` ask for, checked against a
+    bundle's vendor vocabulary; None when neither is given."""
+    if vendors is not None and mix is not None:
+        raise InputError("give either --vendors or --vendor-mix, not both")
+    if (vendors is not None or mix is not None) and not vocabulary:
+        raise InputError("this bundle has no vendor vocabulary (it was trained without the vendor token);"
+                         " drop --vendors / --vendor-mix or use a bundle trained with it")
+    if mix is not None:
+        return {v: w for v, w in parse_weights(mix, "--vendor-mix", vocabulary, normalize).items() if w > 0}
+    if vendors is None:
+        return None
+    names = [v.strip() for v in vendors.split(",") if v.strip()]
+    unknown = [v for v in names if v not in vocabulary]
+    if unknown or not names:
+        raise InputError(f"--vendors {vendors!r}: unknown vendor {unknown}; this bundle knows {vocabulary}")
+    return dict.fromkeys(dict.fromkeys(names), 1.0 / len(set(names)))
+
+
+def assign_vendors(plan: pd.DataFrame, weights: dict[str, float]) -> pd.DataFrame:
+    """`plan` with a vendor column split by `weights` inside every diagnosis (each diagnosis gets the vendor mix, in
+    turn), so vendor and diagnosis are not confounded."""
+    plan = plan.copy()
+    plan["vendor"] = ""
+    for diagnosis in plan["diagnosis"].unique():
+        rows = plan.index[plan["diagnosis"] == diagnosis]
+        plan.loc[rows, "vendor"] = interleave(split_counts(len(rows), weights))
+    return plan
+
+
+def check_vendors(plan: pd.DataFrame, vocabulary: list[str], source: str) -> None:
+    """Refuse plan rows whose vendor the bundle does not know, naming the rows and the vocabulary."""
+    bad = [f"row {k + 1}: vendor {v!r}" for k, v in enumerate(plan["vendor"]) if v and v not in vocabulary]
+    if bad:
+        known = f"this bundle knows {vocabulary}" if vocabulary else "this bundle has no vendor vocabulary"
+        raise InputError(f"{source}: unknown vendor in {len(bad)} row(s): {'; '.join(bad[:MAX_SHOWN])}; {known}")
 
 
 def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = None,
@@ -97,16 +159,8 @@ def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = No
     missing = [d for d in weights if d not in priors.diagnoses]
     if missing:
         raise InputError(f"the priors have no distribution for {missing} (they cover {list(priors.diagnoses)})")
-    counts = diagnosis_counts(n, weights)
-    # Interleave diagnoses (NOR, MINF, ..., NOR, ...) so any prefix of the plan is itself balanced.
-    remaining = {d: counts[d] for d in DIAGNOSES if counts.get(d)}
-    sequence = []
-    while remaining:
-        for d in list(remaining):
-            sequence.append(d)
-            remaining[d] -= 1
-            if not remaining[d]:
-                del remaining[d]
+    counts = split_counts(n, {d: weights[d] for d in DIAGNOSES if d in weights})
+    sequence = interleave(counts)  # NOR, MINF, ..., NOR, ...: any prefix of the plan is itself balanced
     rows = []
     for k, diagnosis in enumerate(sequence):
         seed_k = derive_seed(seed, k)
@@ -116,7 +170,7 @@ def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = No
         es = int(round(draw["es_frame"] / drawn_frames * t))
         rows.append({"plan_row": k, "diagnosis": diagnosis, "edv_ml": draw["edv_ml"], "esv_ml": draw["esv_ml"],
                      "ef_pct": draw["ef_pct"], "n_slices": min(int(draw["n_slices"]), preset.geometry.n_slices),
-                     "frames": t, "es_frame": min(max(es, 1), t - 1), "seed": seed_k})
+                     "frames": t, "es_frame": min(max(es, 1), t - 1), "seed": seed_k, "vendor": ""})
     return validate_plan(pd.DataFrame(rows, columns=PLAN_COLUMNS), preset, source="generated plan")
 
 
@@ -144,6 +198,7 @@ def load_plan(path: Path, preset: Preset, seed: int = 0) -> pd.DataFrame:
         table["es_frame"] = np.clip(np.round(table["frames"] * ES_FRACTION), 1, table["frames"] - 1)
     if "seed" not in table:
         table["seed"] = [derive_seed(seed, k) for k in range(len(table))]
+    table["vendor"] = table["vendor"].fillna("").astype(str).str.strip() if "vendor" in table else ""
     return validate_plan(table[list(PLAN_COLUMNS)], preset, source=str(path))
 
 

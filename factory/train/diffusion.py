@@ -8,7 +8,8 @@ beside the clinical tokens. Frames are independent given the phase, so a batch m
 different subjects; one noise for all frames of a subject is a sampling rule, not a training one.
 
 Both: v (or epsilon) prediction, cross-attention on diagnosis + normalised clinical scalars dropped
-for `cond_drop` of the samples (classifier-free guidance). EMA weights are what the bundle ships;
+for `cond_drop` of the samples and, for bundles with a vendor vocabulary, a vendor token dropped
+independently for another `cond_drop` (classifier-free guidance). EMA weights are what the bundle ships;
 the held-out denoising loss is measured with them. `DENOISERS` says what differs between the two.
 """
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from factory.bundle import read_config
 from factory.models.schedulers import training_scheduler
 from factory.models.unets import AnatomyUNet, MotionUNet
 from factory.train.latents import LatentSampler, latent_samplers
@@ -47,10 +49,12 @@ class Denoiser:
     extra_inputs: tuple[str, ...] = ()  # batch entries passed to the UNet as keyword arguments
 
     def predict(self, model: nn.Module, batch: Batch, x_t: torch.Tensor, t: torch.Tensor,
-                drop: torch.Tensor) -> torch.Tensor:
-        """The model's prediction at (x_t, t) under the batch's conditions; samples in `drop` unconditional."""
+                drop: torch.Tensor, drop_vendor: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's prediction at (x_t, t) under the batch's conditions; samples in `drop` without clinical
+        tokens, those in `drop_vendor` without their vendor."""
         extra = {name: batch[name] for name in self.extra_inputs}
-        return model(x_t, t, batch["slice_mask"], batch["diagnosis"], batch["scalars"], drop, **extra)
+        return model(x_t, t, batch["slice_mask"], batch["diagnosis"], batch["scalars"], drop,
+                     vendor=batch["vendor"], drop_vendor=drop_vendor, **extra)
 
 
 DENOISERS: dict[str, Denoiser] = {
@@ -64,7 +68,8 @@ def losses(denoiser: Denoiser, model: nn.Module, scheduler: DDPMScheduler, batch
     """The denoising objective of one batch of latents."""
     x_t, t, target = noisy_sample(scheduler, batch["x0"])
     drop = condition_drop(batch["missing"], cond_drop)
-    return {"loss": F.mse_loss(denoiser.predict(model, batch, x_t, t, drop).float(), target)}
+    drop_vendor = condition_drop(torch.zeros_like(batch["missing"]), cond_drop)  # independent of the clinical drop
+    return {"loss": F.mse_loss(denoiser.predict(model, batch, x_t, t, drop, drop_vendor).float(), target)}
 
 
 def train_loop(config: dict) -> None:
@@ -72,7 +77,7 @@ def train_loop(config: dict) -> None:
     run = StageRun(config)
     cfg = run.cfg
     denoiser = DENOISERS[cfg.stage]
-    unet = denoiser.unet(run.preset).to(run.device)
+    unet = denoiser.unet(run.preset, len(read_config(cfg.bundle).get("vendors") or [])).to(run.device)
     model, optimizer, ema = run.setup(unet, ema=True)
     scheduler = training_scheduler(run.preset.diffusion)
 

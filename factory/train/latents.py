@@ -7,14 +7,20 @@ A Zarr v3 group with, per subject i (chunked per subject, or per subject and fra
                                  under a random in-plane affine (anatomy augmentation)
   clinical_aug (N, A, S)        CLINICAL_SCALARS of each copy, recomputed from its warped masks
   slice_mask (N, Z), phase (N, T), n_frames (N,), diagnosis (N,) (vocabulary ids; the null id if unknown)
+  vendor (N,)                   ids into the bundle's vendor vocabulary (the null id if none)
+  pseudo (N,)                   clinical values measured on the VAE's predicted masks (unlabeled subjects)
   done (N,)                     written last per subject: a killed job resumes where it stopped
-and attributes (cohort fingerprint, augmentation count, `complete` once every subject is done).
+and attributes (cohort fingerprint, vendor vocabulary, augmentation count, `complete` once every
+subject is done). Unlabeled subjects with a cycle (two or more frames) are pseudo-labeled: the VAE's
+segmentation decoder segments every frame, ES is the frame of smallest LV, and their clinical
+values and phases follow from those masks; their diagnosis stays unknown.
 Building it is a Ray Data job: `map_batches` over subject ids with a pool of encoder actors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -23,8 +29,10 @@ import torch
 import zarr
 
 from factory.bundle import load_bundle, read_config, training_fingerprint
-from factory.models.conditioning import CLINICAL_SCALARS, NULL_DIAGNOSIS, ClinicalNormalizer
+from factory.data.clinical import label_volumes_ml
+from factory.models.conditioning import CLINICAL_SCALARS, NULL_DIAGNOSIS, ClinicalNormalizer, vendor_ids
 from factory.presets import Preset
+from factory.record import Subject, cycle_phase
 from factory.store.batch import BatchReader
 from factory.store.reader import open_store
 from factory.train.config import StageConfig
@@ -52,7 +60,8 @@ def create_latent_store(url: str, preset: Preset, n_subjects: int, max_frames: i
     group.create_array("clinical_aug", shape=(n_subjects, a, s), chunks=(1, a, s), dtype="float32")
     group.create_array("slice_mask", shape=(n_subjects, z), chunks=(1, z), dtype="bool")
     group.create_array("phase", shape=(n_subjects, max_frames), chunks=(1, max_frames), dtype="float32")
-    for name, dtype in (("n_frames", "int32"), ("diagnosis", "int64"), ("done", "bool")):
+    for name, dtype in (("n_frames", "int32"), ("diagnosis", "int64"), ("vendor", "int64"), ("pseudo", "bool"),
+                        ("done", "bool")):
         group.create_array(name, shape=(n_subjects,), chunks=(1,), dtype=dtype, fill_value=0)
     return group
 
@@ -63,6 +72,7 @@ class LatentEncoder:
     def __init__(self, bundle: str, cohort: str, latents: str, seed: int, device: str) -> None:
         loaded = load_bundle(bundle, device=device, stages=("vae", "teacher"))
         self.vae, self.teacher, self.device = loaded.vae, loaded.teacher, device
+        self.vendors = loaded.vendors
         self.store = open_store(cohort)
         self.group = zarr.open_group(latents, mode="r+")
         self.seed = seed
@@ -86,6 +96,9 @@ class LatentEncoder:
         z = self.encode(subject.image)
         residual = torch.cat([self.teacher(z[:1].expand(len(chunk), -1, -1, -1, -1), chunk)
                               for chunk in z.split(ENCODE_BATCH)])
+        pseudo = not is_labeled(subject) and t >= 2
+        if pseudo:  # segment the cycle with the VAE: ES = smallest predicted LV
+            subject = self.pseudo_labeled(subject, z)
         copies, clinical = self.ed_copies(subject, row, np.random.default_rng([self.seed, i]))
         g = self.group
         g["z"][i, :t] = z.float().cpu().numpy()
@@ -96,16 +109,26 @@ class LatentEncoder:
         g["phase"][i, :t] = subject.phase
         g["n_frames"][i] = t
         g["diagnosis"][i] = diagnosis_id(row["diagnosis"])
+        g["vendor"][i] = int(vendor_ids([row["vendor"]], self.vendors, strict=False)[0])
+        g["pseudo"][i] = pseudo
         g["done"][i] = True
+
+    def pseudo_labeled(self, subject: Subject, z: torch.Tensor) -> Subject:
+        """`subject` with the VAE's predicted masks on every frame, ES at the smallest predicted LV and its phases."""
+        masks = torch.cat([self.vae.decode_mask_logits(chunk).argmax(1) for chunk in z.split(ENCODE_BATCH)])
+        masks = masks.to(torch.uint8).cpu().numpy() * subject.slice_mask[None, :, None, None]
+        es = int(np.argmin(label_volumes_ml(masks, subject.spacing_mm)["lv"][1:])) + 1
+        return replace(subject, mask=masks, labeled=np.ones(subject.n_frames, bool), es_frame=es,
+                       phase=cycle_phase(subject.n_frames, es))
 
     def ed_copies(self, subject, row: pd.Series, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The ED frame and N_AUGMENT warped copies (A, Z, H, W), with their clinical scalars (A, S).
 
         The scalars are recomputed from each copy's (warped) ED and ES masks when both frames are
-        labeled; otherwise every copy keeps the table's values.
+        labeled (or pseudo-labeled); otherwise every copy keeps the table's values.
         """
         image, es, spacing = subject.image[0], subject.es_frame, subject.spacing_mm
-        labeled = es is not None and bool(subject.labeled[0] and subject.labeled[es])
+        labeled = is_labeled(subject)
         mask_ed, mask_es = subject.mask[0], subject.mask[es if labeled else 0]
         copies = [(image, mask_ed, mask_es)] + [augment_ed(image, mask_ed, mask_es, rng) for _ in range(N_AUGMENT)]
         if labeled:
@@ -116,19 +139,26 @@ class LatentEncoder:
         return np.stack([c[0] for c in copies]), np.asarray(clinical, dtype=np.float32)
 
 
+def is_labeled(subject: Subject) -> bool:
+    """Whether a subject's ED and ES frames both carry masks (clinical values can be measured on them)."""
+    es = subject.es_frame
+    return es is not None and bool(subject.labeled[0] and subject.labeled[es])
+
+
 def build_latent_store(bundle: str, cohort: str, latents: str, preset: Preset, *, workers: int,
                        gpus_per_worker: float, seed: int) -> None:
     """Encode every subject of `cohort` not yet done into the latent store (a Ray Data job), then mark it complete."""
     store = open_store(cohort)
     fingerprint = training_fingerprint(store)
+    vendors = read_config(bundle).get("vendors") or []
     try:
         group = zarr.open_group(latents, mode="r+")
-        if group.attrs.get("cohort") != fingerprint:
-            raise KeyError("another cohort")
+        if group.attrs.get("cohort") != fingerprint or group.attrs.get("vendors") != vendors:
+            raise KeyError("another cohort or vendor vocabulary")
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
         group = create_latent_store(latents, preset, store.n_subjects, int(store.attrs["max_frames"]),
-                                    {"cohort": fingerprint, "n_augment": N_AUGMENT, "seed": seed,
-                                     "clinical_scalars": list(CLINICAL_SCALARS)})
+                                    {"cohort": fingerprint, "vendors": vendors, "n_augment": N_AUGMENT,
+                                     "seed": seed, "clinical_scalars": list(CLINICAL_SCALARS)})
     if group.attrs["complete"]:
         return
     todo = np.flatnonzero(~group["done"][:])
@@ -151,6 +181,18 @@ def fit_normalizer(cohort: str, subjects: np.ndarray) -> ClinicalNormalizer:
     return ClinicalNormalizer().fit(open_store(cohort).table.iloc[subjects])
 
 
+def training_subjects(url: str, subjects: np.ndarray) -> dict[str, dict[str, int]]:
+    """How many of `subjects` an LDM trains on with measured (labeled) and pseudo clinical values, and without any,
+    per vendor (bundle.json records it per stage)."""
+    group = zarr.open_group(url, mode="r")
+    vendors = list(group.attrs.get("vendors") or []) + ["none"]
+    has_values = np.isfinite(group["clinical_aug"][:, 0]).all(axis=1)[subjects]
+    pseudo, vendor = group["pseudo"][:][subjects], group["vendor"][:][subjects]
+    kinds = {"labeled": has_values & ~pseudo, "pseudo": has_values & pseudo, "unconditional": ~has_values}
+    return {kind: {vendors[v]: int(n) for v, n in zip(*np.unique(vendor[chosen], return_counts=True))}
+            for kind, chosen in kinds.items()}
+
+
 class LatentSampler:
     """Random LDM training samples of some subjects of a latent store, already scaled and normalised."""
 
@@ -163,6 +205,7 @@ class LatentSampler:
         self.phase = self.group["phase"][:]
         self.slice_mask = self.group["slice_mask"][:]
         self.diagnosis = self.group["diagnosis"][:]
+        self.vendor = self.group["vendor"][:]
         self.clinical = self.group["clinical_aug"][:]
         self.normalizer = normalizer
         self.reader = BatchReader(url)
@@ -172,13 +215,14 @@ class LatentSampler:
         return np.stack(self.reader.read_all([(name, (int(i), int(j))) for i, j in keys]))
 
     def conditions(self, subjects: np.ndarray, copies: np.ndarray) -> dict[str, torch.Tensor]:
-        """slice_mask, diagnosis, normalised scalars, and `missing` (samples whose scalars are unknown)."""
+        """slice_mask, diagnosis, normalised scalars, vendor, and `missing` (samples whose scalars are unknown)."""
         raw = self.clinical[subjects, copies].astype(np.float64)
         missing = ~np.isfinite(raw).all(axis=1)
         filled = np.where(np.isfinite(raw), raw, self.normalizer.mean)
         scalars = self.normalizer.transform(dict(zip(CLINICAL_SCALARS, filled.T)))
         return {"slice_mask": torch.from_numpy(self.slice_mask[subjects]),
                 "diagnosis": torch.from_numpy(self.diagnosis[subjects]),
+                "vendor": torch.from_numpy(self.vendor[subjects]),
                 "scalars": scalars, "missing": torch.from_numpy(missing)}
 
     def anatomy_batch(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:

@@ -27,8 +27,8 @@ from factory.train import diffusion, teacher, vae
 from factory.train.checkpoint import STATE_FILE, export_weights
 from factory.train.config import StageConfig, stage_config
 from factory.train.data import split_subjects
-from factory.models.conditioning import fit_mass_model
-from factory.train.latents import build_latent_store, fit_normalizer
+from factory.models.conditioning import fit_mass_model, vendor_vocabulary
+from factory.train.latents import build_latent_store, fit_normalizer, training_subjects
 from factory.vocabulary import STAGES
 
 REQUIRES = {"vae": (), "teacher": ("vae",), "anatomy": ("vae", "teacher"), "motion": ("vae", "teacher")}
@@ -97,13 +97,18 @@ def absolute(url: str) -> str:
 
 
 def prepare_latents(cfg: StageConfig, options: TrainOptions) -> None:
-    """Pre-encode the cohort once (Ray Data job) and record the clinical normaliser in bundle.json."""
+    """Record the LDMs' conditioning in bundle.json (clinical normaliser, mass fit, vendor vocabulary and counts),
+    once, then pre-encode the cohort once (Ray Data job)."""
+    if read_config(cfg.bundle)["clinical_normalizer"] is None:
+        table = open_store(cfg.cohort).table
+        train_ids, _ = split_subjects(len(table), cfg.val_fraction, cfg.seed)
+        vendors = vendor_vocabulary(table["vendor"])
+        update_config(cfg.bundle, {"clinical_normalizer": fit_normalizer(cfg.cohort, train_ids).to_dict(),
+                                   "myo_mass_fit": fit_mass_model(table.iloc[train_ids]),
+                                   "vendors": vendors,
+                                   "vendor_counts": {v: int((table["vendor"] == v).sum()) for v in vendors}})
     build_latent_store(cfg.bundle, cfg.cohort, cfg.latents, get_preset(cfg.preset), workers=options.workers,
                        gpus_per_worker=options.gpus_per_worker, seed=cfg.seed)
-    if read_config(cfg.bundle)["clinical_normalizer"] is None:
-        train_ids, _ = split_subjects(open_store(cfg.cohort).n_subjects, cfg.val_fraction, cfg.seed)
-        update_config(cfg.bundle, {"clinical_normalizer": fit_normalizer(cfg.cohort, train_ids).to_dict(),
-                                   "myo_mass_fit": fit_mass_model(open_store(cfg.cohort).table.iloc[train_ids])})
 
 
 def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
@@ -132,11 +137,15 @@ def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall
         state = json.loads((Path(directory) / STATE_FILE).read_text())
         if state["step"] != cfg.steps:
             raise RuntimeError(f"[{cfg.stage}] latest checkpoint is at step {state['step']}, not {cfg.steps}")
-        tensors = export_weights(directory, cfg.stage, build_model(get_preset(cfg.preset), cfg.stage))
+        n_vendors = len(read_config(cfg.bundle).get("vendors") or [])
+        tensors = export_weights(directory, cfg.stage, build_model(get_preset(cfg.preset), cfg.stage, n_vendors))
     updates = {SCALE_FACTORS[cfg.stage]: state[SCALE_FACTORS[cfg.stage]]} if cfg.stage in SCALE_FACTORS else {}
     info = {"steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "loss_weights": cfg.loss,
             "workers": options.workers, "gpus_per_worker": options.gpus_per_worker, "starts": state["starts"],
             "wall_s": round(wall_s, 1), "metrics": state["metrics"]}
+    if cfg.stage in ("anatomy", "motion"):
+        train_ids, _ = split_subjects(open_store(cfg.cohort).n_subjects, cfg.val_fraction, cfg.seed)
+        info["subjects"] = training_subjects(cfg.latents, train_ids)
     config = add_stage(cfg.bundle, cfg.stage, tensors, info, updates)
     print(f"[{cfg.stage}] done in {wall_s / 60:.1f} min: {json.dumps(state['metrics'])}", flush=True)
     return config
