@@ -1,4 +1,4 @@
-"""The evaluation run: controllability, coherence and (optionally) the downstream experiment -> report files."""
+"""The evaluation run: controllability, coherence, vendor faithfulness and (optionally) downstream -> report files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from factory.evaluate.controllability import controllability
 from factory.evaluate.downstream import downstream
 from factory.evaluate.features import store_features
 from factory.evaluate.report import write_report
+from factory.evaluate.vendor import vendor_fidelity
 from factory.evaluate.video import fvd
 from factory.outputs import check_output, replacing
 from factory.store.reader import Store, open_store
@@ -71,6 +72,7 @@ def evaluate(spec: EvaluationSpec, overwrite: bool = False) -> dict:
         "coherence": {"fvd": fvd(cohort, synthetic, spec.i3d, spec.extractor_steps, spec.seed),
                       "masks": {"synthetic": synthetic_masks,
                                 "real": mask_coherence([s for s in (cohort, test) if s is not None])[0]}},
+        "vendor": vendor_fidelity(synthetic, cohort, spec.seed),
     }
     if spec.downstream:
         with unwrapped():  # a bad store found inside a Ray task is reported as itself

@@ -161,6 +161,37 @@ def downstream_lines(section: dict, out: Path) -> list[str]:
     return lines + ["![downstream Dice](downstream_dice.png)", ""]
 
 
+def vendor_lines(section: dict) -> list[str]:
+    """Vendor classifier reference and per-requested-vendor accuracy, confusion matrix, per-vendor realism."""
+    lines = ["## Vendor faithfulness", ""]
+    if "skipped" in section:
+        return lines + [f"Not computed: {section['skipped']}.", ""]
+    reference = section["reference"]
+    lines += [f"Classifier: {section['classifier']}; heart region: {section['heart_region']};"
+              f" {section['frames_per_subject']} frames per subject. Classes: {', '.join(section['classes'])}.", "",
+              f"Reference: accuracy {num(reference['accuracy'])} on {reference['n_held_out']} held-out real subjects"
+              f" ({reference['split']}).", ""]
+    if section.get("note"):
+        lines += [f"Note: {section['note']}.", ""]
+    rows = [[v, r["n"], num(r["accuracy"])] for v, r in section["per_requested_vendor"].items()]
+    if rows:
+        lines += [f"Accuracy on {section['n_synthetic']} synthetic subjects (requested vendor, column"
+                  f" `{section['requested_vendor_column']}`): {num(section['accuracy'])}.", "",
+                  *md_table(["requested vendor", "n", "accuracy"], rows), ""]
+    confusion = section["confusion"]
+    lines += [*md_table(["requested \\ predicted", *confusion["predicted"]],
+                        [[v, *row] for v, row in zip(confusion["requested"], confusion["counts"])]), ""]
+    rows = [[v, f"{r['n_real']} / {r['n_synthetic']}", num(r["histogram_distance"]),
+             num(r["histogram_distance_real_halves"]),
+             *(f"{num(r[k]['real'], 4)} / {num(r[k]['synthetic'], 4)} ({num(r[k]['difference'], 4)})"
+               for k in ("noise", "sharpness"))] for v, r in section["realism"].items()]
+    lines += [f"Realism of the heart region per vendor, real vs synthetic; histogram distance:"
+              f" {section['histogram_distance']}.", "",
+              *md_table(["vendor", "subjects real / synthetic", "histogram distance", "real halves (floor)",
+                         "noise real / synthetic (diff)", "edge sharpness real / synthetic (diff)"], rows), ""]
+    return lines
+
+
 def write_report(report: dict, synthetic_table: pd.DataFrame, curves: list[dict], out: Path) -> None:
     """Write `out/report.json` and `out/report.md` (with its figures) for an evaluation `report`."""
     (out / "report.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
@@ -169,6 +200,8 @@ def write_report(report: dict, synthetic_table: pd.DataFrame, curves: list[dict]
              f"- generator training data: {report['protocol']['generator']}", f"- took {report['seconds']:.0f} s", ""]
     lines += controllability_lines(report["controllability"], synthetic_table, out)
     lines += coherence_lines(report["coherence"], curves, out)
+    if "vendor" in report:
+        lines += vendor_lines(report["vendor"])
     if "downstream" in report:
         lines += downstream_lines(report["downstream"], out)
     (out / "report.md").write_text("\n".join(lines) + "\n")
