@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     """Draw the plan, generate it into --out, and print the run's summary and where the store is."""
     plan = plan_from_args(args, read_config(args.bundle))
     spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
-                   workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+                   workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                   source=args.source)
     summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
     print(f"store: {Path(args.out).resolve() if '://' not in args.out else args.out}")

@@ -36,32 +36,38 @@ BIN = Path(sys.executable).parent
 FAST = ["--steps", "2", "--gate-attempts", "1", "--batch-size", "2", "--frames", "6", "--seed", "7"]
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """A complete bundle of untrained tiny-preset weights, written with the bundle API."""
+def untrained_bundle(path: Path, vendors: list[str] | None = None) -> Path:
+    """A complete bundle of untrained tiny-preset weights (with a vendor token if `vendors`), via the bundle API."""
     import torch
 
-    from factory.bundle import add_stage, start_bundle
+    from factory.bundle import add_stage, start_bundle, update_config
     from factory.models.build import build_models
     from factory.models.conditioning import ClinicalNormalizer, fit_mass_model
     from factory.presets import get_preset
     from factory.vocabulary import DIAGNOSES
 
-    path = tmp_path_factory.mktemp("bundle")
     preset = get_preset("tiny")
     torch.manual_seed(0)
-    models = build_models(preset)
+    models = build_models(preset, len(vendors or []))
     rng = np.random.default_rng(0)
     edv = rng.uniform(80, 300, 40)
     table = pd.DataFrame({"diagnosis": np.resize(DIAGNOSES, 40), "edv_ml": edv, "esv_ml": edv * 0.5,
                           "ef_pct": 50.0, "myo_mass_g": 0.5 * edv + 60, "n_slices": 9.0})
     start_bundle(path, preset, {"store": "test", "n_subjects": 40, "table_sha256": "0" * 64})
+    if vendors:
+        update_config(path, {"vendors": vendors, "vendor_counts": dict.fromkeys(vendors, 20)})
     add_stage(path, "vae", models["vae"].state_dict(), {}, {"latent_scale": 1.0})
     add_stage(path, "teacher", models["teacher"].state_dict(), {}, {"residual_scale": 1.0})
     add_stage(path, "anatomy", models["anatomy"].state_dict(), {},
               {"clinical_normalizer": ClinicalNormalizer().fit(table).to_dict(), "myo_mass_fit": fit_mass_model(table)})
     add_stage(path, "motion", models["motion"].state_dict(), {})
     return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """An untrained bundle without a vendor token (as bundles trained before it)."""
+    return untrained_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 def env() -> dict:
@@ -237,6 +243,35 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bundle):
     other = subprocess.run([*generate_cmd(bundle, reference, "--resume"), "--guidance", "1.5"], env=env(),
                            capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "sampler settings" in other.stderr
+
+
+@pytest.mark.slow
+def test_animating_real_subjects_keeps_their_ed_mask_and_records_plan_vendors(tmp_path):
+    """--from: a plan naming source subjects and vendors animates them; frame 0 keeps the real ED mask and the
+    plan's vendor column reaches the store's plan and rows."""
+    bundle = untrained_bundle(tmp_path / "bundle", vendors=["A", "B"])
+    cohort = write_store(tmp_path / "cohort.zarr", n=4)
+    plan = tmp_path / "plan.csv"
+    pd.DataFrame({"source_subject": ["s001", "s002", "s003"], "vendor": ["B", "A", "B"],
+                  "diagnosis": ["NOR", "DCM", "HCM"], "edv_ml": [120.0, 130.0, 140.0], "ef_pct": [30.0, 50.0, 70.0],
+                  "n_slices": [10, 10, 10], "frames": [4, 4, 4], "es_frame": [2, 2, 2]}).to_csv(plan, index=False)
+    out = tmp_path / "animated.zarr"
+    cmd = [sys.executable, str(REPO / "jobs" / "generate.py"), "--bundle", str(bundle), "--plan", str(plan),
+           "--from", cohort, "--out", str(out), "--steps", "2", "--batch-size", "2", "--workers", "1"]
+    run = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    store, source = open_store(str(out)), open_store(cohort)
+    table = store.table
+    assert table["source_subject"].tolist() == ["s001", "s002", "s003"]
+    assert table["requested_vendor"].tolist() == table["vendor"].tolist() == ["B", "A", "B"]
+    assert (table["gate_attempts"] == 0).all()
+    assert pd.read_parquet(out / "plan.parquet")["vendor"].tolist() == ["B", "A", "B"]
+    for k, name in enumerate(table["source_subject"]):
+        np.testing.assert_array_equal(store.frame(k, 0)[1], source.frame(int(name[1:]), 0)[1])
+    assert verify_store(str(out)) == []
+    unknown = subprocess.run([*cmd[:-6], "--overwrite", "--vendors", "C"], env=env(), capture_output=True, text=True,
+                             timeout=300)
+    assert unknown.returncode == 2 and "this bundle knows ['A', 'B']" in unknown.stderr
 
 
 def test_demo_bundle_is_small_and_loads():

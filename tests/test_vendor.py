@@ -137,3 +137,23 @@ def test_factory_plan_writes_the_vendor_column_and_defaults_to_the_cohorts_mix(t
     assert pd.read_csv(out)["vendor"].tolist().count("A") == 4  # A 20 : B 10 : C 10 of the training cohort
     assert cli.main([*argv, "--vendors", "C", "--overwrite"]) == 0
     assert set(pd.read_csv(out)["vendor"]) == {"C"}
+
+
+def test_animation_plans_keep_each_source_subjects_anatomy_and_ask_for_a_drawn_ef():
+    from factory.sample.plan import animation_plan, check_sources
+
+    sources = pd.DataFrame({"subject_id": ["a", "b", "pool"], "diagnosis": ["NOR", "HCM", None],
+                            "edv_ml": [150.0, 110.0, np.nan], "es_frame": [9.0, 8.0, np.nan],
+                            "n_frames": [25, 20, 30], "n_slices": [9, 10, 8], "vendor": ["A", "B", "C"]})
+    plan = animation_plan(sources, 5, TINY, seed=1)
+    assert plan["source_subject"].tolist() == ["a", "b", "a", "b", "a"]  # the unlabeled pool study cannot be animated
+    assert plan["edv_ml"].tolist() == [150.0, 110.0, 150.0, 110.0, 150.0]
+    assert plan["vendor"].tolist()[:2] == ["A", "B"] and plan["frames"].tolist()[:2] == [25, 20]
+    assert plan["ef_pct"].nunique() == 5  # one draw per row from its diagnosis' priors
+    np.testing.assert_allclose(plan["esv_ml"], plan["edv_ml"] * (1 - plan["ef_pct"] / 100))
+    with pytest.raises(InputError, match="give --from STORE"):
+        check_sources(plan, None, "plan.csv")
+    with pytest.raises(InputError, match=r"row 1: 'pool'"):
+        check_sources(plan.assign(source_subject=["pool", "a", "a", "b", "a"]), sources, "plan.csv")
+    with pytest.raises(InputError, match="no subject to animate"):
+        animation_plan(sources.iloc[2:], 1, TINY)

@@ -14,7 +14,8 @@ from factory.models.schedulers import SAMPLERS
 from factory.outputs import check_output
 from factory.presets import PRESETS, get_preset
 from factory.sample.pipeline import SamplerSettings
-from factory.sample.plan import assign_vendors, check_vendors, load_plan, make_plan, parse_mix, vendor_weights
+from factory.sample.plan import (animation_plan, assign_vendors, check_sources, check_vendors, load_plan, make_plan,
+                                 parse_mix, vendor_weights)
 from factory.sample.tolerance import parse_tolerance
 
 
@@ -33,6 +34,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser, with_preset: bool = True
     parser.add_argument("--vendors", help="scanner appearance to generate, equal split inside every diagnosis,"
                                           " e.g. B,C (default: the bundle's training cohort's vendor mix)")
     parser.add_argument("--vendor-mix", help="vendor proportions summing to 1, e.g. B=0.5,C=0.5")
+    parser.add_argument("--from", dest="source", help="animate the real subjects of this cohort store instead of"
+                                                      " sampling anatomies: each row keeps a subject's ED frame and"
+                                                      " mask and asks for an EF drawn from its diagnosis' priors")
     parser.add_argument("--priors", help="fit clinical priors to this cohort store or CSV table"
                                          " (default: the bundled ACDC fit)")
     parser.add_argument("--frames", type=int, help="frames per cycle for every subject, 2 to the preset's maximum"
@@ -90,6 +94,10 @@ def plan_from_args(args: argparse.Namespace, bundle_config: dict) -> pd.DataFram
             raise InputError(f"{args.plan}: the plan has a vendor column; drop --vendors / --vendor-mix or the column")
     elif args.n is None:
         raise InputError("give --n N (subjects to draw) or --plan FILE")
+    elif args.source is not None:
+        plan, source = animation_plan(source_table(args.source), args.n, preset, seed=args.seed,
+                                      priors=load_priors(args.priors), frames=args.frames), "animation plan"
+        plan["vendor"] = plan["vendor"].where(plan["vendor"].isin(vocabulary), "")  # a vendor the bundle knows
     else:
         plan, source = make_plan(args.n, preset, seed=args.seed, balance=args.balance,
                                  mix=parse_mix(args.mix, normalize=args.normalize) if args.mix else None,
@@ -97,10 +105,18 @@ def plan_from_args(args: argparse.Namespace, bundle_config: dict) -> pd.DataFram
                                  priors=load_priors(args.priors), frames=args.frames), "generated plan"
     counts = bundle_config.get("vendor_counts") or {}
     weights = weights or ({v: float(n) for v, n in counts.items() if n} if sum(counts.values()) else None)
-    if weights is not None and not plan["vendor"].astype(bool).any():
+    if weights is not None and (args.vendors or args.vendor_mix or not plan["vendor"].astype(bool).any()):
         plan = assign_vendors(plan, weights)
     check_vendors(plan, vocabulary, source)
+    check_sources(plan, None if args.source is None else source_table(args.source), source)
     return plan
+
+
+def source_table(url: str) -> pd.DataFrame:
+    """The metadata table of the cohort store `--from` names."""
+    from factory.store.reader import open_store
+
+    return open_store(url, kind="cohort").table
 
 
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:

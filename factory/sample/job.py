@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import ray
 
-from factory.bundle import BUNDLE_FILE, load_bundle, read_config, sha256_file, verify_bundle
-from factory.errors import StoreError, unwrapped
+from factory.bundle import BUNDLE_FILE, load_bundle, read_config, sha256_file, training_fingerprint, verify_bundle
+from factory.errors import InputError, StoreError, unwrapped
 from factory.outputs import STORE, check_output, remove, staging_path, swap
 from factory.presets import PRESETS
 from factory.record import Subject, cycle_phase
@@ -44,12 +44,13 @@ class RunSpec:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # None: an equal share of the cluster's CPUs (CPU runs), 1 (GPU runs)
+    source: str | None = None  # a cohort store whose subjects the plan animates (rows name them in source_subject)
 
 
 class SamplerActor:
     """Ray Data callable class: loads the bundle once, turns plan groups into subject blocks."""
 
-    def __init__(self, bundle: str, settings: dict, plan: pd.DataFrame, threads: int):
+    def __init__(self, bundle: str, settings: dict, plan: pd.DataFrame, threads: int, source: str | None = None):
         import torch
 
         torch.set_num_threads(threads)  # the CPUs Ray reserved for this actor, all of them used
@@ -57,10 +58,11 @@ class SamplerActor:
         self.pipeline = CinePipeline.from_bundle(load_bundle(bundle, device=device), SamplerSettings(**settings),
                                                  device=device)
         self.plan = plan
+        self.source = None if source is None else open_store(source, kind="cohort")  # opened here, in the worker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = self.plan.iloc[np.concatenate([json.loads(r) for r in batch["rows"]])]
-        generated = self.pipeline(rows)
+        generated = self.pipeline(rows, self.source_frames(rows))
         return {
             "index": np.array([g.row["plan_row"] for g in generated]),
             "image": np.array([g.subject.image.astype(np.float16) for g in generated] + [None], dtype=object)[:-1],
@@ -68,6 +70,15 @@ class SamplerActor:
             "record": np.array([json.dumps({**g.row, "es_frame": g.subject.es_frame,
                                             "slice_mask": g.subject.slice_mask.tolist()}) for g in generated]),
         }
+
+
+    def source_frames(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ED images and masks of the rows' source subjects (None when the run samples anatomies)."""
+        if self.source is None:
+            return None
+        position = {name: i for i, name in enumerate(self.source.table["subject_id"])}
+        index = np.array([position[name] for name in rows["source_subject"]])
+        return self.source.read_frames(np.stack([index, np.zeros_like(index)], axis=1))
 
 
 class ZarrDatasink(ray.data.Datasink):
@@ -106,9 +117,22 @@ def plan_groups(n_rows: int, batch_size: int) -> list[list[int]]:
 def run_attributes(spec: RunSpec, threads: int) -> dict:
     """Store attributes that pin down the output: sampler settings, grouping, torch threads per actor (the
     float rounding of a UNet call depends on them) and the bundle's identity."""
-    return {"sampler": {**asdict(spec.settings), "batch_size": spec.batch_size, "threads": threads},
-            "bundle": {"path": spec.bundle, "sha256": sha256_file(Path(spec.bundle) / BUNDLE_FILE),
-                       "code_version": read_config(spec.bundle)["code_version"]}}
+    attrs = {"sampler": {**asdict(spec.settings), "batch_size": spec.batch_size, "threads": threads},
+             "bundle": {"path": spec.bundle, "sha256": sha256_file(Path(spec.bundle) / BUNDLE_FILE),
+                        "code_version": read_config(spec.bundle)["code_version"]}}
+    if spec.source is not None:
+        attrs["animated_from"] = training_fingerprint(open_store(spec.source))
+    return attrs
+
+
+def check_source(spec: RunSpec) -> None:
+    """Refuse a --from store whose geometry is not the bundle's preset (its frames could not be encoded)."""
+    if spec.source is None:
+        return
+    store, preset = open_store(spec.source, kind="cohort"), read_config(spec.bundle)["preset"]
+    if store.attrs["preset"] != preset:
+        raise InputError(f"{spec.source}: --from store is in preset {store.attrs['preset']!r} geometry, the bundle"
+                         f" is {preset!r}; ingest the subjects with --preset {preset}")
 
 
 def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bool) -> StoreWriter:
@@ -116,7 +140,8 @@ def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bo
     swapped in when finished), or, with `resume`, the interrupted run's, after checking it is the same run."""
     if resume:
         return reopen_run(spec, plan)
-    check_output(spec.out, overwrite=overwrite, accept=(STORE,), inputs=[spec.bundle])
+    inputs = [spec.bundle] + ([spec.source] if spec.source else [])
+    check_output(spec.out, overwrite=overwrite, accept=(STORE,), inputs=inputs)
     fs, root = filesystem(spec.out)
     url = staging_path(spec.out) if fs.exists(root) and fs.ls(root, detail=False) else spec.out
     if url != spec.out:
@@ -146,6 +171,8 @@ def reopen_run(spec: RunSpec, plan: pd.DataFrame) -> StoreWriter:
                          f" started with {stored}")
     if writer.attrs.get("bundle", {}).get("sha256") != attrs["bundle"]["sha256"]:
         raise StoreError(f"{spec.out}: --resume with another model bundle than the store was started with")
+    if writer.attrs.get("animated_from") != attrs.get("animated_from"):
+        raise StoreError(f"{spec.out}: --resume with another --from store than the run was started with")
     return writer
 
 
@@ -163,6 +190,7 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     """
     start = time.perf_counter()
     verify_bundle(spec.bundle)
+    check_source(spec)
     writer = prepare_store(spec, plan, resume, overwrite)
     if writer.fs.exists(join(writer.root, "manifest.json")):
         return summarize(spec.out, 0, time.perf_counter() - start)
@@ -176,7 +204,7 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
             SamplerActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=spec.workers),
             num_cpus=spec.cpus_per_worker or threads, num_gpus=spec.gpus_per_worker,
             fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan,
-                                   "threads": threads})
+                                   "threads": threads, "source": spec.source})
         # Writes reserve no CPU: with a logical CPU each, they would wait behind sampler actors that hold
         # every CPU of a small node, and subjects would pile up in the object store until the end.
         with unwrapped():

@@ -83,14 +83,32 @@ class CinePipeline:
                    settings, device, bundle.vendors)
 
     @torch.no_grad()
-    def __call__(self, rows: pd.DataFrame) -> list[Generated]:
-        """Generate one subject per plan row (columns of factory.sample.plan.PLAN_COLUMNS)."""
+    def __call__(self, rows: pd.DataFrame, sources: tuple[np.ndarray, np.ndarray] | None = None) -> list[Generated]:
+        """Generate one subject per plan row (columns of factory.sample.plan.PLAN_COLUMNS).
+
+        `sources`: the real ED images and masks (B, Z, H, W) of the rows' source subjects, to animate
+        them instead of sampling anatomies (the ED latent is the VAE's encoding, frame 0 keeps the mask).
+        """
         rows = rows.reset_index(drop=True)
         cond = self.conditions(rows)
-        z_ed, attempts, reasons, edv = self.sample_anatomy(rows, cond)
+        if sources is None:
+            z_ed, attempts, reasons, edv = self.sample_anatomy(rows, cond)
+            ed_masks = [None] * len(rows)
+        else:
+            z_ed, edv, ed_masks = self.encode_sources(*sources, cond)
+            attempts, reasons = np.zeros(len(rows), int), [[] for _ in range(len(rows))]
         residuals, motion_attempts = self.sample_motion_within(rows, cond, z_ed, edv)
-        return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), reasons[i], int(motion_attempts[i]))
-                for i, row in enumerate(rows.itertuples(index=False))]
+        return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), reasons[i], int(motion_attempts[i]),
+                              ed_masks[i]) for i, row in enumerate(rows.itertuples(index=False))]
+
+    def encode_sources(self, images: np.ndarray, masks: np.ndarray, cond: dict[str, torch.Tensor],
+                       ) -> tuple[torch.Tensor, np.ndarray, list[np.ndarray]]:
+        """ED latents (posterior means), LV volumes and masks (padding slices cleared) of real ED frames."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None].to(self.device)
+        z_ed = self.vae.encode(x)[0].float()
+        slice_masks = cond["slice_mask"].cpu().numpy()
+        masks = [m * sm[:, None, None] for m, sm in zip(np.asarray(masks, np.uint8), slice_masks)]
+        return z_ed, np.array([self.lv_volume(m, sm) for m, sm in zip(masks, slice_masks)]), masks
 
     def conditions(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Diagnosis ids, normalised clinical scalars, vendor ids (the `vendor` column; none: the null id) and slice
@@ -229,8 +247,9 @@ class CinePipeline:
 
     @torch.no_grad()
     def assemble(self, row, z_ed: torch.Tensor, residual: torch.Tensor, attempts: int,
-                 gate_reasons: list[str], motion_attempts: int = 1) -> Generated:
-        """Decode every frame (z_t = z_ED + r_t), measure the masks, build the subject and its row."""
+                 gate_reasons: list[str], motion_attempts: int = 1, ed_mask: np.ndarray | None = None) -> Generated:
+        """Decode every frame (z_t = z_ED + r_t), measure the masks, build the subject and its row; `ed_mask`
+        (an animated real subject's) replaces the decoded mask of frame 0."""
         z = z_ed[None] + residual
         images, masks = [], []
         for start in range(0, len(z), self.settings.frames_per_call):
@@ -238,6 +257,8 @@ class CinePipeline:
             images.append(self.vae.decode_image(part)[:, 0].float().cpu().numpy())
             masks.append(self.decode_masks(part))
         image, mask = np.concatenate(images), np.concatenate(masks)
+        if ed_mask is not None:
+            mask[0] = ed_mask
         slice_mask = centred_slice_mask(int(row.n_slices), self.preset.geometry.n_slices)
         image[:, ~slice_mask] = -1.0  # padding slices, exactly as preprocessing pads real stacks
         mask[:, ~slice_mask] = 0
@@ -252,7 +273,7 @@ class CinePipeline:
             "plan_row": int(row.plan_row), "seed": int(row.seed),
             "requested_edv_ml": float(row.edv_ml), "requested_esv_ml": float(row.esv_ml),
             "requested_ef_pct": float(row.ef_pct), "requested_n_slices": int(row.n_slices),
-            "requested_vendor": vendor or None,
+            "requested_vendor": vendor or None, "source_subject": getattr(row, "source_subject", "") or None,
             "gate_attempts": attempts, "status": "gate_failed" if gate_reasons else "ok",
             "gate_reasons": "; ".join(gate_reasons),
         }

@@ -2,7 +2,8 @@
 
 A plan is a table with columns `plan_row`, `diagnosis`, `edv_ml`, `esv_ml`, `ef_pct`, `n_slices`,
 `frames`, `es_frame`, `seed`, `vendor` (the scanner whose appearance to generate; "" = none, the
-vendor-unconditional model). The same plan gives the same dataset: every random choice made while
+vendor-unconditional model) and `source_subject` (the real subject to animate instead of sampling an
+anatomy, see `animation_plan`; "" = sample one). The same plan gives the same dataset: every random choice made while
 generating row k derives from that row's seed alone, so rows can be generated in any order, on
 any worker, and resumed.
 """
@@ -21,7 +22,7 @@ from factory.presets import Preset
 from factory.vocabulary import DIAGNOSES, derive_seed
 
 PLAN_COLUMNS = ("plan_row", "diagnosis", "edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed",
-                "vendor")
+                "vendor", "source_subject")
 NUMERIC_COLUMNS = ("edv_ml", "esv_ml", "ef_pct", "n_slices", "frames", "es_frame", "seed")
 INTEGER_COLUMNS = ("n_slices", "frames", "es_frame", "seed")
 ES_FRACTION = 0.37  # default ES position (fraction of the cycle) when a plan file gives none
@@ -170,8 +171,60 @@ def make_plan(n: int, preset: Preset, *, seed: int = 0, balance: str | None = No
         es = int(round(draw["es_frame"] / drawn_frames * t))
         rows.append({"plan_row": k, "diagnosis": diagnosis, "edv_ml": draw["edv_ml"], "esv_ml": draw["esv_ml"],
                      "ef_pct": draw["ef_pct"], "n_slices": min(int(draw["n_slices"]), preset.geometry.n_slices),
-                     "frames": t, "es_frame": min(max(es, 1), t - 1), "seed": seed_k, "vendor": ""})
+                     "frames": t, "es_frame": min(max(es, 1), t - 1), "seed": seed_k, "vendor": "",
+                     "source_subject": ""})
     return validate_plan(pd.DataFrame(rows, columns=PLAN_COLUMNS), preset, source="generated plan")
+
+
+def animation_plan(sources: pd.DataFrame, n: int, preset: Preset, *, seed: int = 0,
+                   priors: ClinicalPriors | None = None, frames: int | None = None) -> pd.DataFrame:
+    """A plan that animates real subjects (`sources`: a cohort store's table) instead of sampling anatomies.
+
+    Row k animates the k-th animatable subject in turn (a diagnosis and a measured EDV, i.e. a labeled
+    ED frame), at an EF drawn from the priors of its diagnosis: EDV and slice count are the subject's
+    own, ESV follows from the EF, the vendor is the subject's, the cycle length and ES position are
+    the subject's unless `frames` is given.
+    """
+    if n < 1:
+        raise InputError(f"--n must be >= 1, got {n}")
+    priors = priors or ClinicalPriors.default()
+    usable = sources[sources["diagnosis"].isin(list(priors.diagnoses)) & sources["edv_ml"].notna()
+                     & sources["es_frame"].notna()]
+    if usable.empty:
+        raise InputError("--from: the store has no subject to animate (none has a diagnosis the priors cover and"
+                         " measured ED/ES masks)")
+    rows = []
+    for k in range(n):
+        source = usable.iloc[k % len(usable)]
+        seed_k = derive_seed(seed, k)
+        ef = float(priors.sample(source["diagnosis"], np.random.default_rng(seed_k))["ef_pct"])
+        own = min(int(source["n_frames"]), preset.max_frames)
+        t = own if frames is None else frames
+        es = int(round(float(source["es_frame"]) / int(source["n_frames"]) * t))
+        vendor = source["vendor"] if isinstance(source["vendor"], str) else ""
+        rows.append({"plan_row": k, "diagnosis": source["diagnosis"], "edv_ml": float(source["edv_ml"]),
+                     "esv_ml": float(source["edv_ml"]) * (1 - ef / 100), "ef_pct": ef,
+                     "n_slices": int(source["n_slices"]), "frames": t, "es_frame": min(max(es, 1), t - 1),
+                     "seed": seed_k, "vendor": vendor, "source_subject": str(source["subject_id"])})
+    return validate_plan(pd.DataFrame(rows, columns=PLAN_COLUMNS), preset, source="animation plan")
+
+
+def check_sources(plan: pd.DataFrame, sources: pd.DataFrame | None, source: str) -> None:
+    """Refuse rows naming a source subject without a --from store, or one the store does not hold or cannot animate."""
+    named = plan["source_subject"].astype(bool)
+    if sources is None:
+        if named.any():
+            raise InputError(f"{source}: {int(named.sum())} row(s) name a source_subject: give --from STORE to"
+                             " animate them")
+        return
+    if not named.all():
+        raise InputError(f"{source}: with --from every row must name a source_subject"
+                         f" (rows {list(np.flatnonzero(~named.to_numpy()) + 1)[:MAX_SHOWN]} do not)")
+    known = sources.dropna(subset=["edv_ml", "es_frame"]).set_index("subject_id")
+    bad = [f"row {k + 1}: {name!r}" for k, name in enumerate(plan["source_subject"]) if name not in known.index]
+    if bad:
+        raise InputError(f"{source}: source subject not in the --from store or without measured ED/ES masks:"
+                         f" {'; '.join(bad[:MAX_SHOWN])}")
 
 
 def load_plan(path: Path, preset: Preset, seed: int = 0) -> pd.DataFrame:
@@ -198,7 +251,8 @@ def load_plan(path: Path, preset: Preset, seed: int = 0) -> pd.DataFrame:
         table["es_frame"] = np.clip(np.round(table["frames"] * ES_FRACTION), 1, table["frames"] - 1)
     if "seed" not in table:
         table["seed"] = [derive_seed(seed, k) for k in range(len(table))]
-    table["vendor"] = table["vendor"].fillna("").astype(str).str.strip() if "vendor" in table else ""
+    for column in ("vendor", "source_subject"):  # optional text columns: blank = none
+        table[column] = table[column].fillna("").astype(str).str.strip() if column in table else ""
     return validate_plan(table[list(PLAN_COLUMNS)], preset, source=str(path))
 
 
