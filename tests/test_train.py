@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from factory.bundle import STAGES, add_stage, load_bundle, start_bundle
 from factory.errors import BundleError, StoreError
 from factory.models.build import build_model
+from factory.models.conditioning import ClinicalNormalizer
 from factory.presets import PRESETS, get_preset, get_recipe
 from factory.train.checkpoint import load_state, save_state
-from factory.train.data import augment_ed, clinical_values
+from factory.train.data import augment_ed, clinical_values, split_subjects
 
 from conftest import make_subject
 from store_builders import write_store
@@ -82,9 +84,13 @@ def test_every_stage_trains_into_a_loadable_bundle(trained):
     assert config["latent_scale"] > 0 and config["residual_scale"] > 0
     assert config["clinical_normalizer"]["scalars"][0] == "edv_ml"
     assert config["vendors"] == ["A", "B"] and sum(config["vendor_counts"].values()) == 6
-    for stage in ("anatomy", "motion"):  # the unlabeled subjects reach the LDMs with pseudo clinical values
-        seen = config["stages"][stage]["subjects"]
-        assert sum(seen["pseudo"].values()) > 0 and sum(seen["labeled"].values()) > 0, seen
+    latents = zarr.open_group(str(trained / "training" / "latents.zarr"), mode="r")
+    assert latents["pseudo"][:].tolist() == [False] * 4 + [True] * 2  # the two unlabeled subjects, pseudo-labeled
+    train_ids, _ = split_subjects(6, 0.1, 0)
+    for stage in ("anatomy", "motion"):  # what each LDM trained on, per kind and vendor (an untrained VAE's pseudo
+        seen = config["stages"][stage]["subjects"]  # masks are empty: those subjects train unconditionally)
+        assert sum(n for kind in seen.values() for n in kind.values()) == len(train_ids), seen
+        assert sum(seen["labeled"].values()) == np.count_nonzero(train_ids < 4), seen
     assert config["stages"]["vae"]["loss_weights"] == asdict(get_recipe("tiny")["vae"].loss)
 
     import factory
@@ -160,6 +166,67 @@ def test_ed_augmentation_recomputes_clinical_values():
     assert all(np.array_equal(a, b) for a, b in zip(again, (image, mask_ed, mask_es))), "seeded by its generator"
     for preset in PRESETS.values():  # the augmentation acts in pixel coordinates
         assert preset.geometry.spacing_mm[1] == preset.geometry.spacing_mm[2], preset.name
+
+
+def test_the_volume_term_reads_clean_latents_and_hard_masks_exactly():
+    from factory.data.clinical import label_volumes_ml
+    from factory.models.schedulers import training_scheduler
+    from factory.train.objectives import noisy_sample, predicted_x0, soft_volumes_ml
+
+    scheduler = training_scheduler(get_preset("tiny").diffusion)
+    x0 = torch.randn(3, 4, 6, 8, 8)
+    x_t, t, target = noisy_sample(scheduler, x0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(predicted_x0(scheduler, x_t, t, target), x0, atol=1e-4, rtol=1e-4)
+    mask = make_subject(n_frames=3).mask  # (T, Z, H, W): hard masks as very confident logits
+    logits = torch.nn.functional.one_hot(torch.from_numpy(mask).long(), 4).permute(0, 4, 1, 2, 3).float() * 50
+    slices = torch.ones(3, mask.shape[1], dtype=torch.bool)
+    slices[:, 4:] = False
+    expected = label_volumes_ml(mask[:, :4], (10.0, 2.5, 2.5))
+    volumes = soft_volumes_ml(logits, slices, 10 * 2.5 * 2.5 / 1000)
+    np.testing.assert_allclose(volumes.numpy(), np.stack([expected["lv"], expected["myo"]], 1), rtol=1e-5)
+
+
+class IntensityVAE(torch.nn.Module):
+    """A stand-in VAE for the store builders' subjects (image = label / 3 * 2 - 1 + noise): the latent is the image,
+    the segmentation decoder reads the label off the intensity."""
+
+    levels = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, torch.zeros_like(x)
+
+    def decode_mask_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return -50 * (z - self.levels.view(1, 4, 1, 1, 1)) ** 2
+
+
+def test_unlabeled_cycles_are_pseudo_labeled_from_the_vaes_masks(tmp_path):
+    from factory.train.latents import LatentEncoder, LatentSampler, create_latent_store
+    from factory.store.reader import open_store
+
+    cohort = open_store(write_store(tmp_path / "cohort.zarr", n=4, n_unlabeled=2))
+    labeled_twin = open_store(write_store(tmp_path / "labeled.zarr", n=4))  # the same subjects, with masks
+    preset = get_preset("tiny")
+    latents = str(tmp_path / "latents.zarr")
+    create_latent_store(latents, preset, 4, int(cohort.attrs["max_frames"]), {"vendors": ["A", "B"]})
+    encoder = object.__new__(LatentEncoder)  # the actor's state without loading a bundle
+    encoder.vae, encoder.teacher, encoder.device = IntensityVAE(), lambda z_ed, z_t: z_t - z_ed, "cpu"
+    encoder.vendors, encoder.voxel_ml, encoder.seed = ["A", "B"], preset.geometry.voxel_ml, 0
+    encoder.store, encoder.group = cohort, zarr.open_group(latents, mode="r+")
+    with torch.no_grad():
+        for i in range(4):
+            encoder.encode_subject(i)
+    group = zarr.open_group(latents, mode="r")
+    assert group["pseudo"][:].tolist() == [False, False, True, True]
+    assert group["diagnosis"][2:].tolist() == [5, 5], "an unlabeled subject's diagnosis stays unknown (null id)"
+    truth = labeled_twin.table
+    for i in (2, 3):  # ES found at the smallest predicted LV, values measured on the predicted masks
+        es = int(truth.loc[i, "es_frame"])
+        assert group["phase"][i, es] == 100.0
+        np.testing.assert_allclose(group["clinical_aug"][i, 0, :3], truth.loc[i, ["edv_ml", "esv_ml", "ef_pct"]],
+                                   rtol=1e-3)
+    sampler = LatentSampler(latents, np.arange(4), latent_scale=1.0, residual_scale=1.0,
+                            normalizer=ClinicalNormalizer().fit(truth))
+    assert not sampler.conditions(np.array([2, 3]), np.array([0, 1]))["missing"].any()
 
 
 # -- stage registry, recipes and what bundle.json records (no Ray cluster) ---------------------------------

@@ -6,6 +6,9 @@ A Zarr v3 group with, per subject i (chunked per subject, or per subject and fra
   z_ed_aug (N, A, C, Z, h, w)   ED latents of A copies of the ED frame: copy 0 as is, the others
                                  under a random in-plane affine (anatomy augmentation)
   clinical_aug (N, A, S)        CLINICAL_SCALARS of each copy, recomputed from its warped masks
+  volumes (N, T, 2)             LV and myocardial volume (ml) the VAE's segmentation decoder reads off z
+                                 (soft, `objectives.soft_volumes_ml`): the LDMs' volume-term targets
+  volumes_aug (N, A, 2)         the same of each ED copy's latent
   slice_mask (N, Z), phase (N, T), n_frames (N,), diagnosis (N,) (vocabulary ids; the null id if unknown)
   vendor (N,)                   ids into the bundle's vendor vocabulary (the null id if none)
   pseudo (N,)                   clinical values measured on the VAE's predicted masks (unlabeled subjects)
@@ -37,8 +40,10 @@ from factory.store.batch import BatchReader
 from factory.store.reader import open_store
 from factory.train.config import StageConfig
 from factory.train.data import augment_ed, clinical_values, shard, split_subjects
+from factory.train.objectives import soft_volumes_ml
 from factory.vocabulary import DIAGNOSES
 
+LAYOUT = 2  # bumped when the arrays change: a latent store of another layout is rebuilt
 N_AUGMENT = 4  # augmented ED copies per subject, beside the original
 ENCODE_BATCH = 8
 SUBJECTS_PER_ACTOR = 8  # fewer subjects than this per actor do not pay for an actor's start-up
@@ -58,6 +63,8 @@ def create_latent_store(url: str, preset: Preset, n_subjects: int, max_frames: i
         group.create_array(name, shape=(n_subjects, max_frames, *latent), chunks=(1, 1, *latent), dtype="float32")
     group.create_array("z_ed_aug", shape=(n_subjects, a, *latent), chunks=(1, 1, *latent), dtype="float32")
     group.create_array("clinical_aug", shape=(n_subjects, a, s), chunks=(1, a, s), dtype="float32")
+    group.create_array("volumes", shape=(n_subjects, max_frames, 2), chunks=(1, max_frames, 2), dtype="float32")
+    group.create_array("volumes_aug", shape=(n_subjects, a, 2), chunks=(1, a, 2), dtype="float32")
     group.create_array("slice_mask", shape=(n_subjects, z), chunks=(1, z), dtype="bool")
     group.create_array("phase", shape=(n_subjects, max_frames), chunks=(1, max_frames), dtype="float32")
     for name, dtype in (("n_frames", "int32"), ("diagnosis", "int64"), ("vendor", "int64"), ("pseudo", "bool"),
@@ -73,9 +80,16 @@ class LatentEncoder:
         loaded = load_bundle(bundle, device=device, stages=("vae", "teacher"))
         self.vae, self.teacher, self.device = loaded.vae, loaded.teacher, device
         self.vendors = loaded.vendors
+        self.voxel_ml = loaded.preset.geometry.voxel_ml
         self.store = open_store(cohort)
         self.group = zarr.open_group(latents, mode="r+")
         self.seed = seed
+
+    def volumes(self, z: torch.Tensor, slice_mask: np.ndarray) -> np.ndarray:
+        """(F, 2) soft LV and myocardial volumes (ml) of latents z (F, C, Z, h, w), as the volume term measures them."""
+        mask = torch.from_numpy(slice_mask).to(self.device)
+        return torch.cat([soft_volumes_ml(self.vae.decode_mask_logits(chunk), mask.expand(len(chunk), -1),
+                                          self.voxel_ml) for chunk in z.split(ENCODE_BATCH)]).cpu().numpy()
 
     def encode(self, frames: np.ndarray) -> torch.Tensor:
         """(F, Z, H, W) frames -> posterior means (F, C, Z, h, w), in batches of ENCODE_BATCH."""
@@ -103,8 +117,11 @@ class LatentEncoder:
         g = self.group
         g["z"][i, :t] = z.float().cpu().numpy()
         g["residual"][i, :t] = residual.float().cpu().numpy()
-        g["z_ed_aug"][i] = self.encode(copies).float().cpu().numpy()
+        z_copies = self.encode(copies).float()
+        g["z_ed_aug"][i] = z_copies.cpu().numpy()
         g["clinical_aug"][i] = clinical
+        g["volumes"][i, :t] = self.volumes(z.float(), subject.slice_mask)
+        g["volumes_aug"][i] = self.volumes(z_copies, subject.slice_mask)
         g["slice_mask"][i] = subject.slice_mask
         g["phase"][i, :t] = subject.phase
         g["n_frames"][i] = t
@@ -153,11 +170,12 @@ def build_latent_store(bundle: str, cohort: str, latents: str, preset: Preset, *
     vendors = read_config(bundle).get("vendors") or []
     try:
         group = zarr.open_group(latents, mode="r+")
-        if group.attrs.get("cohort") != fingerprint or group.attrs.get("vendors") != vendors:
-            raise KeyError("another cohort or vendor vocabulary")
+        if (group.attrs.get("cohort") != fingerprint or group.attrs.get("vendors") != vendors
+                or group.attrs.get("layout") != LAYOUT):
+            raise KeyError("another cohort, vendor vocabulary or layout")
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
         group = create_latent_store(latents, preset, store.n_subjects, int(store.attrs["max_frames"]),
-                                    {"cohort": fingerprint, "vendors": vendors, "n_augment": N_AUGMENT,
+                                    {"cohort": fingerprint, "vendors": vendors, "layout": LAYOUT, "n_augment": N_AUGMENT,
                                      "seed": seed, "clinical_scalars": list(CLINICAL_SCALARS)})
     if group.attrs["complete"]:
         return
@@ -207,6 +225,7 @@ class LatentSampler:
         self.diagnosis = self.group["diagnosis"][:]
         self.vendor = self.group["vendor"][:]
         self.clinical = self.group["clinical_aug"][:]
+        self.volumes, self.volumes_aug = self.group["volumes"][:], self.group["volumes_aug"][:]
         self.normalizer = normalizer
         self.reader = BatchReader(url)
 
@@ -230,7 +249,8 @@ class LatentSampler:
         subjects = rng.choice(self.subjects, size=size)
         copies = rng.integers(self.clinical.shape[1], size=size)
         x0 = self.read("z_ed_aug", zip(subjects, copies))
-        return {"x0": torch.from_numpy(x0) * self.latent_scale, **self.conditions(subjects, copies)}
+        return {"x0": torch.from_numpy(x0) * self.latent_scale,
+                "volumes": torch.from_numpy(self.volumes_aug[subjects, copies]), **self.conditions(subjects, copies)}
 
     def motion_batch(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
         """x0 = scaled residual r_t of a random frame, z_ed (scaled), its phase and the subject's conditions."""
@@ -240,6 +260,7 @@ class LatentSampler:
         z_ed = self.read("z", ((i, 0) for i in subjects))
         return {"x0": torch.from_numpy(residual) * self.residual_scale,
                 "z_ed": torch.from_numpy(z_ed) * self.latent_scale,
+                "volumes": torch.from_numpy(self.volumes[subjects, frames]),
                 "phase": torch.from_numpy(self.phase[subjects, frames]),
                 **self.conditions(subjects, np.zeros(size, dtype=np.int64))}
 

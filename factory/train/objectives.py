@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from monai.losses import DiceCELoss
 
+from factory.vocabulary import LV, MYO
+
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler
 
@@ -49,3 +51,18 @@ def condition_drop(missing: torch.Tensor, probability: float) -> torch.Tensor:
     """Samples trained unconditionally: a random `probability` of them (for classifier-free guidance)
     and those whose clinical values are unknown."""
     return (torch.rand(missing.shape, device=missing.device) < probability) | missing
+
+
+def predicted_x0(scheduler: DDPMScheduler, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The clean sample a denoiser's output (v or epsilon) implies at (x_t, t)."""
+    alpha_bar = scheduler.alphas_cumprod.to(x_t.device)[t].float().view(-1, *([1] * (x_t.ndim - 1)))
+    if scheduler.config.prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * output
+    return (x_t - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+
+
+def soft_volumes_ml(logits: torch.Tensor, slice_mask: torch.Tensor, voxel_ml: float) -> torch.Tensor:
+    """Differentiable (B, 2) LV and myocardial volumes (ml) of mask logits (B, K, Z, H, W): softmax probabilities
+    summed over the real slices. On hard masks it is the voxel count, as `data.clinical.label_volumes_ml`."""
+    probs = logits.float().softmax(1)[:, [LV, MYO]] * slice_mask[:, None, :, None, None].to(torch.float32)
+    return probs.sum(dim=(2, 3, 4)) * voxel_ml
