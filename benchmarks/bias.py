@@ -10,7 +10,12 @@ Prints JSON, mean signed error (measured - requested) and mean absolute error, o
   myocardial volume's coefficient of variation over the cycle;
 - `teacher` (with --cohort): on the cohort's labeled subjects, ESV and myocardial volume of the ES mask
   decoded from the VAE's own ES latent and from z_ED + teacher(z_ED, z_ES), against the real ES mask:
-  separates the VAE's and the teacher's share of an ESV error from the motion LDM's.
+  separates the VAE's and the teacher's share of an ESV error from the motion LDM's;
+- `animation` (with --cohort): the motion LDM alone, animating the cohort's real ED frames (`--from`) at EFs
+  drawn from their diagnoses' priors: ESV / EF error, ES timing and myocardial constancy without the
+  anatomy stage's share.
+Sections whose stages the bundle lacks are left out (a bundle of VAE, teacher and motion LDM only
+animates).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from factory.data.clinical import label_volumes_ml
 from factory.presets import get_preset
 from factory.sample.job import DEMO_BUNDLE
 from factory.sample.pipeline import CinePipeline, SamplerSettings
-from factory.sample.plan import make_plan
+from factory.sample.plan import animation_plan, make_plan
 from factory.store.reader import open_store
 
 
@@ -50,21 +55,37 @@ def anatomy_bias(pipeline: CinePipeline, plan: pd.DataFrame, guidances: list[flo
     return results
 
 
-def motion_bias(pipeline: CinePipeline, plan: pd.DataFrame, guidances: list[float]) -> list[dict]:
-    """ESV / EF error, ES timing and myocardial constancy of full sequences per motion guidance scale."""
+def motion_bias(pipeline: CinePipeline, plan: pd.DataFrame, guidances: list[float],
+                sources: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """ESV / EF error, ES timing and myocardial constancy of full sequences per motion guidance scale (of real
+    subjects' ED frames animated, with `sources`)."""
     results = []
     for g in guidances:
         pipeline.settings = SamplerSettings(motion_guidance=g)
-        generated = pipeline(plan)
+        generated = pipeline(plan, sources)
         table = pd.DataFrame([x.row for x in generated])
         myo_cv = [float(np.std(v) / np.mean(v)) for v in
                   (label_volumes_ml(x.subject.mask, x.subject.spacing_mm)["myo"] for x in generated)]
+        ef = table["ef_pct"] - table["requested_ef_pct"]
         results.append({"motion_guidance": g, "edv": errors(table, "edv_ml", "requested_edv_ml"),
                         "esv": errors(table, "esv_ml", "requested_esv_ml"),
                         "ef": errors(table, "ef_pct", "requested_ef_pct"),
+                        "ef_r": round(float(np.corrcoef(table["ef_pct"], table["requested_ef_pct"])[0, 1]), 3),
+                        "ef_within_5": round(float((ef.abs() <= 5).mean()), 3),
                         "es_at_requested_frame": round(float((table["lv_min_frame"] == plan["es_frame"]).mean()), 3),
                         "myo_volume_cv": round(float(np.mean(myo_cv)), 4)})
     return results
+
+
+def animation_bias(pipeline: CinePipeline, cohort_url: str, n: int, frames: int, seed: int,
+                   guidances: list[float]) -> list[dict]:
+    """`motion_bias` of the motion LDM alone: the cohort's real ED frames animated at EFs drawn from the priors."""
+    store = open_store(cohort_url, kind="cohort")
+    plan = animation_plan(store.table, n, pipeline.preset, seed=seed, frames=frames)
+    plan["vendor"] = plan["vendor"].where(plan["vendor"].isin(pipeline.vendors), "")
+    position = {name: i for i, name in enumerate(store.table["subject_id"])}
+    index = np.array([position[name] for name in plan["source_subject"]])
+    return motion_bias(pipeline, plan, guidances, store.read_frames(np.stack([index, np.zeros_like(index)], 1)))
 
 
 @torch.no_grad()
@@ -105,10 +126,14 @@ def main() -> None:
     plan = make_plan(args.n, get_preset(bundle.config["preset"]), seed=args.seed, balance="diagnosis",
                      frames=args.frames)
     pipeline = CinePipeline.from_bundle(bundle)
-    report = {"subjects": args.n, "frames": args.frames, "torch_threads": torch.get_num_threads(),
-              "anatomy": anatomy_bias(pipeline, plan, [float(g) for g in args.guidances.split(",")]),
-              "motion": motion_bias(pipeline, plan, [float(g) for g in args.motion_guidances.split(",")])}
+    motion_guidances = [float(g) for g in args.motion_guidances.split(",")]
+    report = {"bundle": args.bundle, "subjects": args.n, "frames": args.frames,
+              "torch_threads": torch.get_num_threads()}
+    if "anatomy" in bundle.models:
+        report |= {"anatomy": anatomy_bias(pipeline, plan, [float(g) for g in args.guidances.split(",")]),
+                   "motion": motion_bias(pipeline, plan, motion_guidances)}
     if args.cohort:
+        report["animation"] = animation_bias(pipeline, args.cohort, args.n, args.frames, args.seed, motion_guidances)
         report["teacher"] = teacher_bias(bundle, args.cohort, args.n)
     print(json.dumps(report, indent=1))
 

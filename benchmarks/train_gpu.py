@@ -2,7 +2,8 @@
 
     python benchmarks/train_gpu.py [--preset paper] [--steps 200] [--warmup 10] [--budget-s 120]
 
-Each stage runs its loss function from `factory.train.vae`, `.teacher` or `.diffusion` with AdamW,
+Each stage runs its loss function from `factory.train.vae`, `.teacher` or `.diffusion` (its recipe's volume term
+included) with AdamW,
 gradient clipping and (for the diffusion models) EMA, under bf16 autocast, on random tensors of the right shapes
 (data loading is not measured). Prints one JSON object: per stage, steps/s, samples/s, peak GPU
 memory and the parameter count. Exits with a message (status 2) when no CUDA GPU is present.
@@ -45,6 +46,8 @@ def latent_batch(preset: Preset, size: int, device: str) -> dict[str, torch.Tens
             "diagnosis": torch.randint(0, len(DIAGNOSES), (size,), device=device),
             "scalars": torch.randn(size, len(CLINICAL_SCALARS), device=device),
             "missing": torch.zeros(size, dtype=torch.bool, device=device),
+            "vendor": torch.zeros(size, dtype=torch.long, device=device),  # no vendor token: its null id
+            "volumes": torch.rand(size, 2, device=device) * 200,  # LV and myocardial volume targets (ml)
             "phase": torch.rand(size, device=device) * 200}
 
 
@@ -117,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                          else partial(teacher.losses, model, frozen_vae, batch, seg_loss, weights))
         else:
             batch = latent_batch(preset, size, device)
+            weights = recipe[stage].loss
+            volume = (diffusion.VolumeTerm(frozen_vae, {"latent_scale": 1.0, "residual_scale": 1.0},
+                                           preset.geometry.voxel_ml, weights) if weights.volume else None)
             objective = partial(diffusion.losses, diffusion.DENOISERS[stage], model, scheduler, batch,
-                                StageConfig.cond_drop)
+                                StageConfig.cond_drop, volume)
         stats = benchmark(model, objective, args.steps, args.warmup, recipe[stage].lr,
                           ema=stage in ("anatomy", "motion"), budget_s=args.budget_s)
         results["stages"][stage] = {"batch_size": size, "samples_per_s": round(stats["steps_per_s"] * size, 2),

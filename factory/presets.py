@@ -156,9 +156,11 @@ class DiffusionLoss:
     """Weights of an LDM objective MSE(denoiser output, v) + volume * alpha_bar_t * |V(x0_hat) - V(x0)| / 100 ml:
     the LV and myocardial volumes the frozen VAE's segmentation decoder reads off the clean latent the output
     implies, against those of the training latent, weighted by the signal fraction (noisy steps imply blurry
-    latents). It puts the sizes the user asks for into the denoiser's objective directly."""
+    latents), on the `volume_samples` least noisy samples of each batch. It puts the sizes the user asks for
+    into the denoiser's objective directly."""
 
     volume: float = 0.0
+    volume_samples: int = 2
 
 
 @dataclass(frozen=True)

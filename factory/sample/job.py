@@ -55,8 +55,8 @@ class SamplerActor:
 
         torch.set_num_threads(threads)  # the CPUs Ray reserved for this actor, all of them used
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.pipeline = CinePipeline.from_bundle(load_bundle(bundle, device=device), SamplerSettings(**settings),
-                                                 device=device)
+        loaded = load_bundle(bundle, device=device, stages=sampling_stages(source))
+        self.pipeline = CinePipeline.from_bundle(loaded, SamplerSettings(**settings), device=device)
         self.plan = plan
         self.source = None if source is None else open_store(source, kind="cohort")  # opened here, in the worker
 
@@ -107,6 +107,11 @@ class ZarrDatasink(ray.data.Datasink):
                 writer.write_subject(int(index), subject, row)
                 written += 1
         return written
+
+
+def sampling_stages(source: str | None) -> tuple[str, ...]:
+    """The bundle stages a run samples with: animating real subjects (`source`) needs no anatomy LDM."""
+    return ("vae", "motion") if source else ("vae", "anatomy", "motion")
 
 
 def plan_groups(n_rows: int, batch_size: int) -> list[list[int]]:
@@ -189,7 +194,7 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     worker is re-raised as itself (`unwrapped`), so a bad input is one clear message wherever it is found.
     """
     start = time.perf_counter()
-    verify_bundle(spec.bundle)
+    verify_bundle(spec.bundle, sampling_stages(spec.source))
     check_source(spec)
     writer = prepare_store(spec, plan, resume, overwrite)
     if writer.fs.exists(join(writer.root, "manifest.json")):

@@ -17,6 +17,7 @@ import torch
 
 from factory.data.clinical import ejection_fraction, label_volumes_ml, measure
 from factory.data.gate import check_ed_mask
+from factory.errors import BundleError
 from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids, vendor_ids
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
@@ -55,14 +56,16 @@ def row_generator(seed: int, stream: int, device: torch.device) -> torch.Generat
 
 
 class CinePipeline:
-    """Anatomy LDM + motion LDM + dual-decoder VAE of one bundle, ready to sample plan rows."""
+    """Anatomy LDM + motion LDM + dual-decoder VAE of one bundle, ready to sample plan rows (without an anatomy
+    LDM, ready to animate real subjects only)."""
 
-    def __init__(self, vae: torch.nn.Module, anatomy: torch.nn.Module, motion: torch.nn.Module, preset: Preset,
+    def __init__(self, vae: torch.nn.Module, anatomy: torch.nn.Module | None, motion: torch.nn.Module, preset: Preset,
                  latent_scale: float, residual_scale: float, normalizer: ClinicalNormalizer,
                  mass_fit: dict[str, list[float]], settings: SamplerSettings = SamplerSettings(),
                  device: str | torch.device = "cpu", vendors: list[str] | None = None):
         self.device = torch.device(device)
-        self.vae, self.anatomy, self.motion = (m.to(self.device).eval() for m in (vae, anatomy, motion))
+        self.vae, self.anatomy, self.motion = (m if m is None else m.to(self.device).eval()
+                                               for m in (vae, anatomy, motion))
         self.preset, self.settings = preset, settings
         self.latent_scale, self.residual_scale = latent_scale, residual_scale
         self.normalizer, self.mass_fit = normalizer, mass_fit
@@ -78,7 +81,7 @@ class CinePipeline:
     def from_bundle(cls, bundle, settings: SamplerSettings = SamplerSettings(),
                     device: str | torch.device = "cpu") -> CinePipeline:
         """Build from a loaded model bundle (factory.load_bundle)."""
-        return cls(bundle.models["vae"], bundle.models["anatomy"], bundle.models["motion"], bundle.preset,
+        return cls(bundle.models["vae"], bundle.models.get("anatomy"), bundle.models["motion"], bundle.preset,
                    bundle.latent_scale, bundle.residual_scale, bundle.normalizer(), bundle.config["myo_mass_fit"],
                    settings, device, bundle.vendors)
 
@@ -165,6 +168,8 @@ class CinePipeline:
         Returns the latents, the attempts per row, per row the gate's reasons for rejecting its last
         attempt (an empty list when the row passed), and the LV volume of each ED mask.
         """
+        if self.anatomy is None:
+            raise BundleError("the bundle has no anatomy stage: it can only animate real subjects (--from)")
         n = len(rows)
         z_ed = torch.zeros((n, *self.preset.latent_shape), device=self.device)
         attempts = np.zeros(n, int)
