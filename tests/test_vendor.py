@@ -157,3 +157,13 @@ def test_animation_plans_keep_each_source_subjects_anatomy_and_ask_for_a_drawn_e
         check_sources(plan.assign(source_subject=["pool", "a", "a", "b", "a"]), sources, "plan.csv")
     with pytest.raises(InputError, match="no subject to animate"):
         animation_plan(sources.iloc[2:], 1, TINY)
+
+
+def test_a_bundle_with_a_malformed_vendor_vocabulary_is_refused(tmp_path):
+    from factory.bundle import read_config
+    from factory.errors import BundleError
+
+    start_bundle(tmp_path, TINY, {"store": "test", "n_subjects": 1, "table_sha256": "0" * 64})
+    update_config(tmp_path, {"vendors": ["A", "A"]})
+    with pytest.raises(BundleError, match=r"vendor vocabulary \['A', 'A'\]"):
+        read_config(tmp_path)

@@ -121,6 +121,10 @@ def read_config(path: Path | str) -> dict:
     if config.get("diagnoses") != list(DIAGNOSES):
         raise BundleError(f"{config_path}: diagnosis vocabulary {config.get('diagnoses')!r} differs from this"
                           f" code's {list(DIAGNOSES)} (the models' diagnosis embeddings would be misread)")
+    vendors = config.get("vendors") or []
+    if not (isinstance(vendors, list) and all(isinstance(v, str) and v for v in vendors)
+            and len(set(vendors)) == len(vendors)):
+        raise BundleError(f"{config_path}: vendor vocabulary {vendors!r} is not a list of distinct vendor names")
     stored, current = config.get("preset_config", {}), PRESETS[name].to_dict()
     for stage in config.get("stages", {}):
         differences = [d for key in PRESET_FIELDS.get(stage, ())
