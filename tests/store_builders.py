@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from factory.data.clinical import measure
 from factory.presets import get_preset
-from factory.store.writer import StoreWriter
+from factory.store import layout, shards
+from factory.store.writer import COMPRESSORS, StoreWriter
 
 from conftest import make_subject
 
@@ -72,3 +75,47 @@ def write_in_two_parts(url: str, go_file: str, timeout_s: float = 120) -> None:
                 time.sleep(0.05)
         writer.write_subject(i, *subject_and_row(i, "cohort", "s"))
     writer.finalize()
+
+
+def shard_path(path: Path | str, array: str, subject: int) -> Path:
+    """The shard file of `subject` in frame array `array`."""
+    return Path(path) / array / "c" / str(subject) / "0" / "0" / "0" / "0"
+
+
+def shard_index(path: Path | str, array: str, subject: int) -> np.ndarray:
+    """(offset, length) of each frame's chunk in the shard of `subject`, as its index lists them."""
+    n_chunks = zarr.open_array(str(Path(path) / array), mode="r").shards[1]
+    tail = shard_path(path, array, subject).read_bytes()[-shards.index_nbytes(n_chunks):]
+    return shards.parse_index(tail, n_chunks)
+
+
+def corrupt_frame(path: Path | str, array: str, subject: int, frame: int) -> None:
+    """Flip a byte in the middle of the stored chunk of one frame (inside its subject's shard)."""
+    offset, length = shard_index(path, array, subject)[frame]
+    shard = shard_path(path, array, subject)
+    payload = bytearray(shard.read_bytes())
+    payload[int(offset + length // 2)] ^= 0xFF
+    shard.write_bytes(bytes(payload))
+
+
+def write_chunk_per_frame_store(path: Path | str, n: int = 3) -> str:
+    """A store in the layout written before per-subject shards: frame arrays one chunk per real frame, no
+    `frame_storage` attribute, no shard shapes in the manifest (built by rewriting a store of today)."""
+    write_store(path, n=n)
+    group = zarr.open_group(str(path), mode="r+")
+    n_frames = [json.loads(row.read_text())["n_frames"] for row in sorted((Path(path) / layout.ROWS_DIR).iterdir())]
+    for name in layout.FRAME_ARRAYS:
+        data = group[name][:]
+        array = group.create_array(name, shape=data.shape, chunks=(1, 1, *data.shape[2:]), dtype=data.dtype,
+                                   compressors=COMPRESSORS, fill_value=0, overwrite=True,
+                                   dimension_names=("subject", "frame", "z", "y", "x"))
+        array = array.with_config({"write_empty_chunks": True})
+        for i, t in enumerate(n_frames):
+            array[i, :t] = data[i, :t]
+    del group.attrs["frame_storage"]
+    manifest_path = Path(path) / layout.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["arrays"].values():
+        del entry["shards"]
+    manifest_path.write_text(json.dumps(manifest))
+    return str(path)

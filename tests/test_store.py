@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from pathlib import Path
 
+import crc32c
 import numpy as np
 import pytest
 import zarr
@@ -14,11 +16,13 @@ from factory.cli import main
 from factory.data.clinical import empty_measurement, measure
 from factory.errors import StoreError
 from factory.presets import get_preset
+from factory.store import shards
 from factory.store.reader import open_store
 from factory.store.verify import verify_store
 from factory.store.writer import StoreWriter
 
 from conftest import make_subject
+from store_builders import corrupt_frame, shard_index, shard_path, write_chunk_per_frame_store
 from store_builders import write_store as build_store
 
 
@@ -91,10 +95,7 @@ def test_existing_output_is_refused(tmp_path):
 def test_verify_reports_corruption(tmp_path):
     path = tmp_path / "s.zarr"
     write_store(path)
-    chunk = path / "image" / "c" / "1" / "0" / "0" / "0" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    corrupt_frame(path, "image", 1, 0)
     problems = verify_store(str(path))
     assert any("subject 1" in p and "unreadable" in p for p in problems), problems
 
@@ -126,21 +127,115 @@ def test_store_on_an_fsspec_url():
     assert verify_store(url) == []
 
 
+def test_frame_arrays_are_one_shard_per_subject(tmp_path):
+    path = build_store(tmp_path / "s.zarr", n=3)
+    store = open_store(path)
+    assert store.attrs["frame_storage"] == "shard-per-subject"
+    for name in ("image", "mask"):
+        assert store.group[name].shards == (1, 35, 12, 64, 64) and store.group[name].chunks == (1, 1, 12, 64, 64)
+        assert store.manifest["arrays"][name]["shards"] == [1, 35, 12, 64, 64]
+        for i, n_frames in enumerate(store.table["n_frames"]):  # every real frame stored (blank masks too), no padding
+            stored = shard_index(path, name, i)[:, 0] != shards.EMPTY
+            assert stored[:n_frames].all() and not stored[n_frames:].any()
+    group = zarr.open_group(path, mode="r")  # zarr's own sharding codec, to check the reader's view of the shards
+    pairs = [(2, 3), (0, 0), (1, 4), (2, 6), (2, 5)]
+    for name, frames in zip(("image", "mask"), store.read_frames(pairs)):
+        np.testing.assert_array_equal(frames, [group[name][i, t] for i, t in pairs])
+        np.testing.assert_array_equal(store.read(name, 1), group[name][1])
+    files = collections.Counter()
+    for file in Path(path).rglob("*"):
+        parts = file.relative_to(path).parts
+        if file.is_file() and file.name not in ("zarr.json", "manifest.json", "metadata.parquet"):
+            files[int(file.stem) if parts[0] == "rows" else int(parts[2])] += 1  # rows/<i>.json, <array>/c/<i>/...
+    assert files == {0: 6, 1: 6, 2: 6}  # image and mask shards, labeled, phase, slice_mask, the commit record
+
+
 @pytest.mark.parametrize("array", ["image", "mask", "labeled"])
 def test_verify_reports_a_deleted_chunk_by_name(tmp_path, array):
     path = build_store(tmp_path / "s.zarr", n=2)
-    chunk = {"image": "image/c/1/2/0/0/0", "mask": "mask/c/1/1/0/0/0", "labeled": "labeled/c/1/0"}[array]
-    (Path(path) / chunk).unlink()  # an unlabeled frame's mask (frame 1) is all background, yet it has a chunk
+    chunk = {"image": "image/c/1/0/0/0/0", "mask": "mask/c/1/0/0/0/0", "labeled": "labeled/c/1/0"}[array]
+    (Path(path) / chunk).unlink()
     problems = verify_store(path)
     assert len(problems) == 1 and "subject 1 (s001)" in problems[0] and chunk in problems[0], problems
 
 
+def test_verify_reports_a_frame_missing_from_its_shard(tmp_path):
+    path = build_store(tmp_path / "s.zarr", n=2)
+    index = shard_index(path, "mask", 1).copy()
+    index[1] = shards.EMPTY  # an unlabeled frame's mask: all background, so it would read as the same zeros
+    pairs = index.astype("<u8").tobytes()
+    shard = shard_path(path, "mask", 1)
+    payload = shard.read_bytes()
+    shard.write_bytes(payload[:-len(pairs) - 4] + pairs + crc32c.crc32c(pairs).to_bytes(4, "little"))
+    assert not open_store(path).frame(1, 1)[1].any()
+    problems = verify_store(path)
+    assert len(problems) == 1 and "subject 1 (s001)" in problems[0] and "mask/c/1/0/0/0/0 frame 1" in problems[0], \
+        problems
+
+
+def test_a_corrupt_shard_index_is_reported(tmp_path):
+    path = build_store(tmp_path / "s.zarr", n=2)
+    shard = shard_path(path, "image", 1)
+    payload = bytearray(shard.read_bytes())
+    payload[-10] ^= 0xFF  # inside the index at the shard's end
+    shard.write_bytes(bytes(payload))
+    problems = verify_store(path)
+    assert problems == [f"subject 1 (s001): array 'image', shard image/c/1/0/0/0/0: shard index fails its crc32c"
+                        " checksum (corrupt or truncated shard)"], problems
+    store = open_store(path)
+    store.table
+    for read in (lambda: store.read_frames([(0, 1), (1, 2)]), lambda: store.subject(1)):
+        with pytest.raises(StoreError, match=re.escape("array 'image', subject 1 (s001), frame ")):
+            read()
+
+
+def test_a_store_of_per_frame_chunks_is_still_read(tmp_path):
+    old = write_chunk_per_frame_store(tmp_path / "old.zarr", n=3)
+    new = build_store(tmp_path / "new.zarr", n=3)
+    old_store, new_store = open_store(old), open_store(new)
+    assert "frame_storage" not in old_store.attrs and old_store.group["image"].shards is None
+    assert verify_store(old) == []
+    for i in range(3):
+        np.testing.assert_array_equal(old_store.subject(i).image, new_store.subject(i).image)
+        np.testing.assert_array_equal(old_store.subject(i).mask, new_store.subject(i).mask)
+    pairs = [(2, 3), (0, 1), (1, 0), (2, 4)]
+    for a, b in zip(old_store.read_frames(pairs), new_store.read_frames(pairs)):
+        np.testing.assert_array_equal(a, b)
+    (Path(old) / "mask/c/1/1/0/0/0").unlink()  # an unlabeled frame's mask: all background, yet it has a chunk
+    problems = verify_store(old)
+    assert len(problems) == 1 and "subject 1 (s001)" in problems[0] and "mask/c/1/1/0/0/0" in problems[0], problems
+
+
+def test_an_unknown_frame_storage_is_refused(tmp_path, capsys):
+    path = build_store(tmp_path / "s.zarr", n=1)
+    metadata = json.loads((Path(path) / "zarr.json").read_text())
+    metadata["attributes"]["frame_storage"] = "shard-per-cohort"
+    (Path(path) / "zarr.json").write_text(json.dumps(metadata))
+    with pytest.raises(StoreError, match="zarr.json: store-attributes field 'frame_storage': 'shard-per-cohort'"):
+        open_store(path)
+    assert main(["verify", path]) == 1
+    assert "shard-per-cohort" in capsys.readouterr().out
+
+
+def test_an_independent_zarr_implementation_reads_the_arrays(tmp_path):
+    tensorstore = pytest.importorskip("tensorstore")
+    path = build_store(tmp_path / "s.zarr", n=3)
+    group = zarr.open_group(path, mode="r")
+    for name in ("image", "mask", "labeled", "phase", "slice_mask"):
+        array = tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/{name}/"}},
+                                 read=True).result()
+        np.testing.assert_array_equal(array.read().result(), group[name][:])
+    corrupt_frame(path, "image", 1, 3)  # tensorstore checks the crc32c of each frame's chunk too
+    array = tensorstore.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{path}/image/"}},
+                             read=True).result()
+    array[1, 2].read().result()
+    with pytest.raises(ValueError, match="Digest mismatch"):
+        array[1, 3].read().result()
+
+
 def test_a_corrupt_chunk_is_named_by_array_subject_and_frame(tmp_path, capsys):
     path = build_store(tmp_path / "s.zarr", n=2)
-    chunk = Path(path) / "image/c/1/3/0/0/0"
-    payload = bytearray(chunk.read_bytes())
-    payload[len(payload) // 2] ^= 0xFF
-    chunk.write_bytes(payload)
+    corrupt_frame(path, "image", 1, 3)
     expected = "array 'image', subject 1 (s001), frame 3: chunk unreadable"
     assert any(expected in p for p in verify_store(path))
     with pytest.raises(StoreError, match=re.escape(expected)):
@@ -175,10 +270,7 @@ def test_batched_reads_equal_frame_by_frame_reads(tmp_path):
 
 def test_a_corrupt_chunk_inside_a_batched_read_is_named(tmp_path):
     path = build_store(tmp_path / "s.zarr", n=3)
-    chunk = Path(path) / "mask/c/1/3/0/0/0"
-    payload = bytearray(chunk.read_bytes())
-    payload[len(payload) // 2] ^= 0xFF
-    chunk.write_bytes(payload)
+    corrupt_frame(path, "mask", 1, 3)
     store = open_store(path)
     store.table  # loaded, as every reader of a complete store has it: the subject id is named too
     expected = "array 'mask', subject 1 (s001), frame 3: chunk unreadable"

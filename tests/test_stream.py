@@ -18,7 +18,7 @@ from factory.store.writer import StoreWriter
 from factory.stream import CineStream
 from factory.stream import plan
 
-from store_builders import write_in_two_parts, write_store
+from store_builders import corrupt_frame, write_chunk_per_frame_store, write_in_two_parts, write_store
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +169,20 @@ def test_bad_inputs_name_the_store(tmp_path, stores):
 
 def test_a_corrupt_chunk_is_named_by_the_stream(tmp_path):
     url = write_store(tmp_path / "s.zarr", n=3)
-    chunk = tmp_path / "s.zarr" / "image/c/1/3/0/0/0"
-    payload = bytearray(chunk.read_bytes())
-    payload[len(payload) // 2] ^= 0xFF
-    chunk.write_bytes(payload)
+    corrupt_frame(url, "image", 1, 3)
     with pytest.raises(StoreError, match=re.escape("array 'image', subject 1 (s001), frame 3: chunk unreadable")):
         list(CineStream(url, seed=0))
+
+
+def test_a_store_of_per_frame_chunks_streams_the_same_samples(tmp_path):
+    old = write_chunk_per_frame_store(tmp_path / "old.zarr", n=4)  # the layout before per-subject shards
+    new = write_store(tmp_path / "new.zarr", n=4)
+    for mode in ("frame", "slice", "sequence"):
+        from_old, from_new = (list(CineStream(url, mode=mode, seed=2)) for url in (old, new))
+        assert len(from_old) == len(from_new) > 0
+        for a, b in zip(from_old, from_new):
+            assert int(a["index"]) == int(b["index"]) and a.get("frame") == b.get("frame")
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""Many zarr reads in one round trip: the batched read path under `Store.read_frames` and the latent sampler.
+"""Many zarr reads in one round trip: the read path under every `Store` read and the latent sampler.
 
 Every (array, selection) read of a batch is fetched and decoded concurrently by zarr's public
 asynchronous API, on fsspec's IO loop with array handles of its own (an object-store filesystem is
 bound to the event loop that opened it, and zarr's own loop has no public entry point). Handles are
 opened per process, so a reader survives pickling into Ray workers and forked DataLoader workers.
+A frame array of per-subject shards is read through `shards.inner_chunk_view` (a frame as fast as
+from a store of per-frame chunks).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import fsspec.asyn
 import numpy as np
 import zarr
 import zarr.api.asynchronous
+
+from factory.store.shards import inner_chunk_view
 
 Read = tuple[str, tuple]  # (array path in the group, basic selection such as (subject, slice(0, T)))
 
@@ -47,6 +51,7 @@ class BatchReader:
 
     async def _fetch(self, reads: list[Read]) -> list[np.ndarray | Exception]:
         for name in {name for name, _ in reads} - set(self._arrays):
-            self._arrays[name] = await zarr.api.asynchronous.open_array(store=self.url, path=name, mode="r")
+            array = await zarr.api.asynchronous.open_array(store=self.url, path=name, mode="r")
+            self._arrays[name] = inner_chunk_view(array)  # a frame shard's frames as chunks: see shards.py
         return await asyncio.gather(*(self._arrays[name].getitem(where) for name, where in reads),
                                     return_exceptions=True)

@@ -4,6 +4,10 @@ A store is a Zarr v3 group with arrays `image` (N, T, Z, H, W) float16 in [-1, 1
 uint8), `labeled` (N, T) bool, `phase` (N, T) float32 and `slice_mask` (N, Z) bool; a
 `metadata.parquet` table with one row per subject in array order; per-subject commit records under
 `rows/` while it is being written; and `manifest.json`, written last. Definitions: `schemas/`.
+
+How the frame arrays are stored is the store attribute `frame_storage`: `SHARD_PER_SUBJECT` now,
+`CHUNK_PER_FRAME` in older stores. Zarr reads either from each array's own metadata, so every reader
+reads both; only `factory verify`, which looks at the stored objects themselves, tells them apart.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ ROWS_DIR = "rows"
 # `factory/schemas` is a symlink to the repository's top-level `schemas/`: one copy, shipped in the wheel.
 SCHEMA_DIR = resources.files("factory") / "schemas"
 
-# name -> (dtype, per-subject shape symbolically). Frame arrays are chunked one frame per chunk, so a
-# reader can fetch a single 3D frame and concurrent writers of different subjects never share a chunk.
+# Frame storage written now: each frame array is one Zarr v3 shard per subject, shape (1, T, Z, H, W), whose
+# inner chunks are single frames, so a reader still fetches one 3D frame (a ranged read, located by the
+# shard's index), concurrent writers of different subjects never share an object, and a subject is 6
+# objects in all (2 shards, 3 per-subject chunks, its commit record).
+SHARD_PER_SUBJECT = "shard-per-subject"
+# Stores written before 2026-12-02, which have no `frame_storage` attribute: one object per frame.
+CHUNK_PER_FRAME = "chunk-per-frame"
+
+# name -> (dtype, per-subject shape symbolically).
 FRAME_ARRAYS = {"image": "float16", "mask": "uint8"}
 SUBJECT_ARRAYS = {"labeled": ("bool", "T"), "phase": ("float32", "T"), "slice_mask": ("bool", "Z")}
 ARRAY_NAMES = (*FRAME_ARRAYS, *SUBJECT_ARRAYS)
@@ -48,6 +59,11 @@ def validate(document: dict, schema_name: str, where: str) -> None:
     except jsonschema.ValidationError as err:
         field = "/".join(str(p) for p in err.absolute_path) or "<root>"
         raise StoreError(f"{where}: {schema_name} field {field!r}: {err.message}") from None
+
+
+def frame_storage(attrs: dict) -> str:
+    """How the store with root attributes `attrs` keeps its frame arrays (stores without the attribute are older)."""
+    return attrs.get("frame_storage", CHUNK_PER_FRAME)
 
 
 def table_columns() -> dict[str, dict]:

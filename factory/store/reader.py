@@ -128,11 +128,7 @@ class Store:
     def read(self, name: str, index: int, frames: slice | int | None = None) -> np.ndarray:
         """Array `name` of subject `index` (optionally only `frames`); a chunk that fails to decode or
         its checksum becomes a StoreError naming the array, subject and frame."""
-        where = (index,) if frames is None else (index, frames)
-        try:
-            return self.array(name)[where]
-        except Exception as err:  # zarr raises codec-specific errors (ValueError for a crc32c mismatch)
-            raise self.unreadable(name, index, frames, err) from None
+        return self._read([(index,) if frames is None else (index, frames)], (name,))[0][0]
 
     def unreadable(self, name: str, index: int, frames: slice | int | None, err: Exception) -> StoreError:
         """The error for a read of array `name` that failed with `err`, naming the subject and the first bad frame."""
@@ -146,15 +142,11 @@ class Store:
             subject += f" ({self._table.loc[index, 'subject_id']})"
         if name not in layout.FRAME_ARRAYS:
             return subject
-        array = self.array(name)
-        span = range(array.shape[1])[frames] if isinstance(frames, slice) else (
-            [frames] if frames is not None else range(array.shape[1]))
-        for t in span:
-            try:
-                array[index, t]
-            except Exception:
-                return f"{subject}, frame {t}"
-        return subject
+        n_frames = self.array(name).shape[1]
+        span = range(n_frames)[frames] if isinstance(frames, slice) else (
+            [frames] if frames is not None else range(n_frames))
+        parts = self._batch.read([(name, (index, t)) for t in span])
+        return next((f"{subject}, frame {t}" for t, part in zip(span, parts) if isinstance(part, Exception)), subject)
 
     def frame(self, index: int, t: int) -> tuple[np.ndarray, np.ndarray]:
         """One 3D frame: image float32 (Z, H, W) in [-1, 1] and mask uint8 (Z, H, W)."""

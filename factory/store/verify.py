@@ -1,7 +1,8 @@
 """`factory verify STORE`: integrity check of a store; lists every problem found, exits non-zero on any.
 
-Every chunk a committed subject must have is listed (a deleted chunk would silently read as zeros),
-and every chunk is read one at a time, which exercises the crc32c checksum codec, so on-disk
+Every chunk a committed subject must have is listed (a deleted chunk would silently read as zeros):
+in a store of per-subject shards, its shard of each frame array, and every real frame in that shard's
+index. Every chunk is read one at a time, which exercises the crc32c checksum codec, so on-disk
 corruption is reported with the array, subject and frame it belongs to.
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import zarr
 
-from factory.errors import FactoryError
-from factory.store import layout
+from factory.errors import FactoryError, StoreError
+from factory.store import layout, shards
 from factory.store.fs import filesystem, join
 from factory.store.reader import Store, open_store
 from factory.vocabulary import N_LABELS
@@ -33,6 +35,10 @@ def check_layout(store: Store) -> list[str]:
         array = store.group[name]
         if tuple(array.shape) != shape or str(array.dtype) != dtype:
             problems.append(f"array {name!r} is {array.dtype}{tuple(array.shape)}, expected {dtype}{shape}")
+        elif name in layout.FRAME_ARRAYS and not stored_as_declared(store, array):
+            problems.append(f"array {name!r} is not stored as the store's frame_storage"
+                            f" {layout.frame_storage(store.attrs)!r} says"
+                            f" (chunks {array.chunks}, shards {array.shards})")
     if problems:
         return problems
     try:
@@ -49,8 +55,19 @@ def check_layout(store: Store) -> list[str]:
     return problems
 
 
+def stored_as_declared(store: Store, array: zarr.Array) -> bool:
+    """Whether frame array `array` has one chunk per frame, in one shard per subject where the store says so."""
+    t, z, h, w = array.shape[1:]
+    if array.chunks != (1, 1, z, h, w):
+        return False
+    if layout.frame_storage(store.attrs) == layout.CHUNK_PER_FRAME:
+        return array.shards is None
+    return array.shards == (1, t, z, h, w) and shards.is_frame_shard(array.metadata.to_dict())
+
+
 def chunk_keys(store: Store) -> dict[str, set[str]]:
-    """The chunk keys present on storage, per array (`c/<subject>/<frame>/0/0/0` for frame arrays)."""
+    """The chunk keys present on storage, per array (`c/<subject>/<frame>/0/0/0` for frame arrays,
+    `c/<subject>/0/0/0/0` for the shards of a store of per-subject shards)."""
     fs, root = filesystem(store.url)
     keys = {}
     for name in layout.ARRAY_NAMES:
@@ -63,14 +80,35 @@ def chunk_keys(store: Store) -> dict[str, set[str]]:
 def missing_chunks(store: Store, index: int, n_frames: int, present: dict[str, set[str]]) -> list[str]:
     """Chunks that subject `index` must have (every real frame, every per-subject array) but lacks."""
     missing = []
+    sharded = layout.frame_storage(store.attrs) == layout.SHARD_PER_SUBJECT
     for name in layout.ARRAY_NAMES:
         array = store.group[name]
+        if sharded and name in layout.FRAME_ARRAYS:
+            missing += missing_from_shard(store, name, index, n_frames, present[name])
+            continue
         frames = range(n_frames) if name in layout.FRAME_ARRAYS else [None]
         for t in frames:
             coords = (index,) + ((t,) if t is not None else ()) + (0,) * (array.ndim - 1 - (t is not None))
             if array.metadata.encode_chunk_key(coords) not in present[name]:
                 missing.append(f"{name}/{array.metadata.encode_chunk_key(coords)}")
     return missing
+
+
+def missing_from_shard(store: Store, name: str, index: int, n_frames: int, present: set[str]) -> list[str]:
+    """`name/<shard> (frames 0-T)` if subject `index`'s shard of frame array `name` is missing, else
+    `name/<shard> frame T` for each real frame its index does not list; an unreadable index is a StoreError."""
+    array = store.group[name]
+    key = array.metadata.encode_chunk_key((index, 0, 0, 0, 0))
+    if key not in present:
+        return [f"{name}/{key} (frames 0-{n_frames - 1})"]
+    fs, root = filesystem(store.url)
+    n_chunks = array.shards[1]
+    try:
+        index_pairs = shards.parse_index(fs.cat_file(join(root, name, key), start=-shards.index_nbytes(n_chunks)),
+                                         n_chunks)
+    except ValueError as err:
+        raise StoreError(f"array {name!r}, shard {name}/{key}: {err}") from None
+    return [f"{name}/{key} frame {t}" for t in range(n_frames) if index_pairs[t, 0] == shards.EMPTY]
 
 
 def read_subject(store: Store, index: int, n_frames: int) -> dict[str, np.ndarray]:
@@ -87,7 +125,10 @@ def check_subject(store: Store, index: int, present: dict[str, set[str]]) -> lis
     t = int(row["n_frames"])
     if not 1 <= t <= store.group["image"].shape[1]:
         return [f"{name}: n_frames={t} outside 1..{store.group['image'].shape[1]}"]
-    missing = missing_chunks(store, index, t, present)
+    try:
+        missing = missing_chunks(store, index, t, present)
+    except FactoryError as err:
+        return [f"{name}: {err}"]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         return [f"{name}: missing chunk(s) {shown} (deleted? they would read as zeros)"]

@@ -63,14 +63,18 @@ class StoreWriter:
             "geometry": [z, h, w],
             "max_frames": t,
             "array_layout": "N,T,Z,H,W",
+            "frame_storage": layout.SHARD_PER_SUBJECT,
             "provenance": {"created_utc": utc_now(), "code_version": code_version()},
             **(attrs or {}),
         }
         layout.validate(group_attrs, "store-attributes", str(url))
         group = zarr.open_group(str(url), mode="w", zarr_format=3, attributes=group_attrs)
         for name, dtype in layout.FRAME_ARRAYS.items():
-            group.create_array(name, shape=(n_subjects, t, z, h, w), chunks=(1, 1, z, h, w), dtype=dtype,
-                               compressors=COMPRESSORS, fill_value=0,
+            # One shard per subject, one inner chunk per frame: the compressors (zstd, then crc32c) apply to
+            # each inner chunk, so a flipped byte fails the checksum of its frame; zarr adds a crc32c to the
+            # shard's index (stored at its end).
+            group.create_array(name, shape=(n_subjects, t, z, h, w), shards=(1, t, z, h, w),
+                               chunks=(1, 1, z, h, w), dtype=dtype, compressors=COMPRESSORS, fill_value=0,
                                dimension_names=("subject", "frame", "z", "y", "x"))
         sizes = {"T": t, "Z": z}
         for name, (dtype, axis) in layout.SUBJECT_ARRAYS.items():
@@ -102,7 +106,11 @@ class StoreWriter:
         phase = np.zeros(t_max, np.float32)
         phase[:t] = subject.phase
         # Every chunk of a real frame is written, even one equal to the fill value (an unlabeled frame's
-        # mask), so that `factory verify` can tell a deleted chunk from a blank one. Padding frames stay unwritten.
+        # mask): inside a shard too, so that `factory verify` can tell a deleted frame from a blank one.
+        # Padding frames stay unwritten. Each array is written in one call, so a subject's shard is
+        # assembled once and stored as one object, by its only writer (zarr first looks for an existing
+        # shard to merge into: none for a new subject; a subject rewritten on resume replaces every real
+        # frame of its earlier shard, which stores write whole, never half).
         arrays = {name: self.group[name].with_config({"write_empty_chunks": True}) for name in layout.ARRAY_NAMES}
         arrays["image"][index, :t] = np.clip(subject.image, -1.0, 1.0).astype(np.float16)
         arrays["mask"][index, :t] = np.where(subject.labeled[:, None, None, None], subject.mask, 0)  # untrusted dropped
@@ -134,7 +142,8 @@ class StoreWriter:
             "schema_version": layout.SCHEMA_VERSION,
             "kind": self.attrs["kind"],
             "n_subjects": self.n_subjects,
-            "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks)}
+            "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
+                              "shards": list(a.shards) if a.shards else None}
                        for name, a in ((n, self.group[n]) for n in layout.ARRAY_NAMES)},
             "table": {"path": layout.TABLE, "rows": table.num_rows,
                       "sha256": hashlib.sha256(payload).hexdigest()},
