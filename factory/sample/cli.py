@@ -88,6 +88,7 @@ def plan_from_args(args: argparse.Namespace, bundle_config: dict) -> pd.DataFram
     preset = get_preset(bundle_config["preset"])
     vocabulary = list(bundle_config.get("vendors") or [])
     weights = vendor_weights(args.vendors, args.vendor_mix, vocabulary, normalize=args.normalize)
+    sources = None if args.source is None else source_table(args.source)
     if args.plan is not None:
         plan, source = load_plan(args.plan, preset, seed=args.seed), str(args.plan)
         if weights is not None and plan["vendor"].astype(bool).any():
@@ -95,7 +96,7 @@ def plan_from_args(args: argparse.Namespace, bundle_config: dict) -> pd.DataFram
     elif args.n is None:
         raise InputError("give --n N (subjects to draw) or --plan FILE")
     elif args.source is not None:
-        plan, source = animation_plan(source_table(args.source), args.n, preset, seed=args.seed,
+        plan, source = animation_plan(sources, args.n, preset, seed=args.seed,
                                       priors=load_priors(args.priors), frames=args.frames), "animation plan"
         plan["vendor"] = plan["vendor"].where(plan["vendor"].isin(vocabulary), "")  # a vendor the bundle knows
     else:
@@ -108,7 +109,7 @@ def plan_from_args(args: argparse.Namespace, bundle_config: dict) -> pd.DataFram
     if weights is not None and (args.vendors or args.vendor_mix or not plan["vendor"].astype(bool).any()):
         plan = assign_vendors(plan, weights)
     check_vendors(plan, vocabulary, source)
-    check_sources(plan, None if args.source is None else source_table(args.source), source)
+    check_sources(plan, sources, source)
     return plan
 
 

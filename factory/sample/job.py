@@ -59,6 +59,8 @@ class SamplerActor:
         self.pipeline = CinePipeline.from_bundle(loaded, SamplerSettings(**settings), device=device)
         self.plan = plan
         self.source = None if source is None else open_store(source, kind="cohort")  # opened here, in the worker
+        self.source_index = ({} if self.source is None else
+                             {name: i for i, name in enumerate(self.source.table["subject_id"])})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = self.plan.iloc[np.concatenate([json.loads(r) for r in batch["rows"]])]
@@ -76,8 +78,7 @@ class SamplerActor:
         """The ED images and masks of the rows' source subjects (None when the run samples anatomies)."""
         if self.source is None:
             return None
-        position = {name: i for i, name in enumerate(self.source.table["subject_id"])}
-        index = np.array([position[name] for name in rows["source_subject"]])
+        index = np.array([self.source_index[name] for name in rows["source_subject"]])
         return self.source.read_frames(np.stack([index, np.zeros_like(index)], axis=1))
 
 
