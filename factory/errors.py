@@ -27,13 +27,17 @@ def factory_cause(err: BaseException | None) -> FactoryError | None:
     """The FactoryError behind `err` along Ray's `cause` attribute and Python's exception chain, if any.
 
     Ray re-raises a worker's exception as a RayTaskError subclass of it whose text holds the remote
-    traceback; the original, with its one-line message, is its `cause`.
+    traceback; the original, with its one-line message, is its `cause`. Ray Train keeps each failed
+    worker's exception in `worker_failures` (by rank).
     """
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, FactoryError) and type(err).__module__ == __name__:
             return err
+        for _, failure in sorted((getattr(err, "worker_failures", None) or {}).items()):
+            if (cause := factory_cause(failure)) is not None:
+                return cause
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
     return None
 

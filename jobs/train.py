@@ -11,10 +11,7 @@ Ray instance.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-import ray
 
 from factory.cli_args import non_negative_float, non_negative_int, positive_int
 from factory.errors import exit_status
@@ -41,14 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Connect to (or start) Ray, train the requested stages into --out and print the stages it holds."""
+    """Train the requested stages into --out and print the stages it holds."""
     options = TrainOptions(cohort=args.cohort, out=args.out, preset=args.preset,
                            stages=STAGES if args.stage == "all" else (args.stage,), workers=args.workers,
                            gpus_per_worker=args.gpus_per_worker, steps=args.steps, batch_size=args.batch_size,
                            checkpoint_every=args.checkpoint_every, seed=args.seed, max_failures=args.max_failures)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
     config = train(options)
     print(f"bundle {args.out}: stages {list(config['stages'])}")
     return 0

@@ -10,7 +10,7 @@ FACTORY = Path(__file__).resolve().parents[1] / "factory"
 # A module may import modules of its own layer or of a lower one.
 LAYERS = {
     "errors": 0, "version": 0, "vocabulary": 0, "presets": 0, "record": 0,
-    "outputs": 1, "cli_args": 1,
+    "outputs": 1, "cli_args": 1, "cluster": 1,
     "data": 2,
     "store": 3,
     "models": 4, "bundle": 4,

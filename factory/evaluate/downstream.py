@@ -12,7 +12,6 @@ tasks of one CPU each.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, replace
 
@@ -21,6 +20,7 @@ import pandas as pd
 import ray
 import torch
 
+from factory.cluster import connect
 from factory.errors import InputError
 from factory.evaluate.overlap import dice, hd95
 from factory.reporting.stats import mean_sd
@@ -266,8 +266,7 @@ def downstream(cohort_url: str, synthetic_url: str, test_url: str | None = None,
                                            n_extra, seed)
     if not experiment.synthetic and set(arms) - {"real"}:
         raise InputError(f"{synthetic_url}: no labeled synthetic subjects that passed the gate")
-    if not ray.is_initialized():  # the cluster of `ray job submit` (RAY_ADDRESS) or a local one
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+    connect()
     seed_list = list(range(seed, seed + seeds))
     results = gather_with_progress([run_arm.remote(experiment, arm, s) for arm in arms for s in seed_list])
     return {"protocol": {**protocol, "seeds": seed_list, "arms": {a: ARMS[a] for a in arms}},

@@ -10,7 +10,6 @@ grouping and seeds, so the result equals an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from factory.cluster import connect
 from factory.bundle import BUNDLE_FILE, load_bundle, read_config, sha256_file, training_fingerprint, verify_bundle
 from factory.errors import InputError, StoreError, unwrapped
 from factory.outputs import STORE, check_output, remove, staging_path, swap
@@ -219,12 +219,6 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     if writer.url != spec.out:
         swap(writer.url, spec.out)  # the finished replacement takes the earlier store's place
     return summarize(spec.out, sum(len(g) for g in todo), time.perf_counter() - start)
-
-
-def connect() -> None:
-    """Join the cluster of `ray job submit` (RAY_ADDRESS), or start a local Ray instance."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
 
 
 def actor_threads(cpus_per_worker: float) -> int:

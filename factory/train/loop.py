@@ -90,8 +90,14 @@ class StageRun:
     def steps(self) -> Iterator[int]:
         """Steps start_step + 1 .. steps (1-based: step k is the k-th optimizer update)."""
         for step in range(self.start_step + 1, self.cfg.steps + 1):
-            if step == self.cfg.fail_at_step and self.start_step == 0 and self.rank == self.world - 1:
-                raise InjectedFailure(f"[{self.cfg.stage}] injected failure at step {step} (fail_at_step test hook)")
+            if step == self.cfg.fail_at_step and self.start_step == 0:
+                # Every rank first reaches this step: rank 0's report of the previous checkpoint is then in
+                # Ray's queue. Without it a crash seconds after a report can beat rank 0's checkpoint upload,
+                # and Ray never registers that checkpoint (the rerun would start one checkpoint earlier).
+                if self.world > 1:
+                    dist.barrier()
+                if self.rank == self.world - 1:
+                    raise InjectedFailure(f"[{self.cfg.stage}] injected failure at step {step} (fail_at_step test hook)")
             yield step
 
     def rng(self, step: int) -> np.random.Generator:

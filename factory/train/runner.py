@@ -18,7 +18,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from factory.bundle import add_stage, read_config, start_bundle, training_fingerprint, update_config
-from factory.errors import BundleError
+from factory.cluster import connect
+from factory.errors import BundleError, unwrapped
 from factory.models.build import build_model
 from factory.outputs import BUNDLE, check_output, recognise
 from factory.presets import get_preset
@@ -62,9 +63,11 @@ class TrainOptions:
 
 
 def train(options: TrainOptions) -> dict:
-    """Train the requested stages in cascade order into the bundle `options.out`; returns bundle.json."""
+    """Train the requested stages in cascade order into the bundle `options.out` (on the cluster of RAY_ADDRESS,
+    else a local Ray instance); returns bundle.json."""
     preset = get_preset(options.preset)
     store = open_store(absolute(options.cohort), kind="cohort")
+    connect()
     out = Path(options.out).resolve()
     if recognise(out) != BUNDLE:  # a new bundle needs a free folder; an existing bundle is resumed
         check_output(out, overwrite=False, accept=(BUNDLE,), inputs=[store.url],
@@ -124,7 +127,8 @@ def fit_stage(cfg: StageConfig, options: TrainOptions) -> ray.train.Result:
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    return trainer.fit()
+    with unwrapped():  # a FactoryError raised in a worker is re-raised as itself
+        return trainer.fit()
 
 
 def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall_s: float,
