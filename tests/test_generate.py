@@ -206,6 +206,18 @@ def test_factory_errors_raised_in_ray_workers_surface_as_themselves():
     assert caught.value is original and str(caught.value) == "syn.zarr: subject index 9 outside 0..3"
 
 
+def test_a_factory_error_of_a_ray_train_worker_surfaces_as_itself():
+    import ray.train
+
+    original = StoreError("cohort.zarr: not a store (no zarr.json at its root)")
+    crash = RuntimeError("rank 1 crashed")
+    with pytest.raises(StoreError) as caught, unwrapped():  # what fit_stage does around TorchTrainer.fit
+        raise ray.train.WorkerGroupError("worker errors", {1: crash, 0: original})
+    assert caught.value is original
+    with pytest.raises(ray.train.WorkerGroupError), unwrapped():  # no FactoryError behind it: Ray's error as is
+        raise ray.train.WorkerGroupError("worker errors", {1: crash})
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bundle):
     """Determinism and resumability: a killed + resumed run equals an uninterrupted one, bit for bit.

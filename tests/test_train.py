@@ -115,17 +115,6 @@ def test_rerun_resumes_the_killed_stage_and_keeps_finished_ones(trained):
     assert stages["teacher"]["starts"] == [0] and stages["anatomy"]["starts"] == [0]
 
 
-@pytest.mark.slow
-def test_a_factory_error_in_a_worker_reaches_the_driver_as_itself(tmp_path, ray_local):
-    from factory.train.config import stage_config
-    from factory.train.runner import TrainOptions, fit_stage
-
-    missing = str(tmp_path / "gone.zarr")  # e.g. a cohort the workers cannot see
-    cfg = stage_config("vae", "tiny", cohort=missing, bundle=str(tmp_path / "b"), work=str(tmp_path / "w"), steps=1)
-    with pytest.raises(StoreError, match="gone.zarr"):
-        fit_stage(cfg, TrainOptions(cohort=missing, out=str(tmp_path / "b"), workers=1, max_failures=0))
-
-
 # -- checkpoint state and augmentation (no Ray) --------------------------------------------------------
 def test_checkpoint_round_trip_restores_optimizer_and_ema(tmp_path):
     from diffusers.training_utils import EMAModel
