@@ -17,6 +17,7 @@ from factory.data.clinical import empty_measurement, measure
 from factory.errors import StoreError
 from factory.presets import get_preset
 from factory.store import shards
+from factory.store.info import summary
 from factory.store.reader import open_store
 from factory.store.verify import verify_store
 from factory.store.writer import StoreWriter
@@ -58,6 +59,7 @@ def test_round_trip(tmp_path):
     assert verify_store(str(path)) == []
     assert main(["verify", str(path)]) == 0
     assert main(["info", str(path)]) == 0
+    assert "frames stored shard-per-subject" in summary(str(path))
 
 
 def test_incomplete_store_is_refused(tmp_path):

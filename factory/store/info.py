@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from factory.store import layout
 from factory.store.reader import open_store
 
 
 def summary(url: str) -> str:
-    """A short multi-line description: layout, counts per diagnosis and vendor, clinical means."""
+    """A short multi-line description: layout (frame storage included), counts per diagnosis and vendor, clinical means."""
     store = open_store(url, require_complete=False)
     table = store.table
     z, h, w = store.attrs["geometry"]
     lines = [
         f"store      {url} ({'complete' if store.complete else 'INCOMPLETE: no manifest'})",
-        f"kind       {store.kind}, preset {store.attrs['preset']}, schema v{store.attrs['schema_version']}",
+        f"kind       {store.kind}, preset {store.attrs['preset']}, schema v{store.attrs['schema_version']},"
+        f" frames stored {layout.frame_storage(store.attrs)}",
         f"geometry   {z} x {h} x {w} (Z x H x W) at {store.spacing_mm} mm, up to {store.attrs['max_frames']} frames",
         f"subjects   {len(table)} of {store.n_subjects} committed",
     ]
