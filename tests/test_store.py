@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import crc32c
@@ -60,6 +62,9 @@ def test_round_trip(tmp_path):
     assert main(["verify", str(path)]) == 0
     assert main(["info", str(path)]) == 0
     assert "frames stored shard-per-subject" in summary(str(path))
+    gone = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m factory.cli info {path} | true"],
+                          capture_output=True, text=True)  # a reader that leaves before reading (`| head`)
+    assert gone.returncode == 0 and gone.stderr == "", gone.stderr
 
 
 def test_incomplete_store_is_refused(tmp_path):
