@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from factory.errors import FactoryError, InputError
+from factory.errors import InputError, exit_status
 from factory.vocabulary import DIAGNOSES
 
 FORMAT = "cine-factory clinical priors"
@@ -264,14 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit", type=Path, required=True, help="cohort table (CSV) to fit")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args(argv)
-    try:
-        priors = ClinicalPriors.from_csv(args.fit)
-        priors.to_json(args.out)
-    except FactoryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {', '.join(f'{d} ({p.n_subjects})' for d, p in priors.priors.items())}")
-    return 0
+    return exit_status(parser.prog, lambda: fit(args.fit, args.out))
+
+
+def fit(table: Path, out: Path) -> None:
+    """Fit priors on a cohort table (CSV) and write them as JSON."""
+    priors = ClinicalPriors.from_csv(table)
+    priors.to_json(out)
+    print(f"wrote {out}: {', '.join(f'{d} ({p.n_subjects})' for d, p in priors.priors.items())}")
 
 
 if __name__ == "__main__":
