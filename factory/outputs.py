@@ -134,8 +134,9 @@ def swap(staging: str | Path, target: str | Path) -> None:
     """Move a finished `staging` folder to `target`, replacing what is there.
 
     Local paths: the old target is renamed aside first and deleted after the new one is in place, so
-    at every moment `target` is either the old or the new complete output. Object stores have no
-    rename: there the old output is deleted, then the new one copied over.
+    `target` is the old or the new complete output except between two renames, where a crash leaves the
+    old one complete as `.<name>.old-<id>` beside it. Object stores have no rename: there the old output
+    is deleted, then the new one copied over.
     """
     staging, target = str(staging), str(target)
     if is_local(target):
