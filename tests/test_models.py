@@ -159,7 +159,7 @@ def test_clinical_normalizer_round_trip() -> None:
         ClinicalNormalizer().transform(table)
 
 
-@pytest.mark.parametrize("kind", ["ddim", "dpm++"])
+@pytest.mark.parametrize("kind", ["ddim", "dpm++", "unipc"])
 def test_sampler_recovers_x0_with_an_oracle(kind: str) -> None:
     """add_noise then `steps` sampler steps with the exact prediction (noise or velocity) give back x0."""
     cfg = TINY.diffusion

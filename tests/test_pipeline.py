@@ -9,6 +9,7 @@ import torch
 
 from factory.bundle import load_bundle
 from factory.errors import InputError
+from factory.models.schedulers import sampling_scheduler
 from factory.presets import get_preset
 from factory.sample.job import DEMO_BUNDLE
 from factory.sample.pipeline import CinePipeline, SamplerSettings
@@ -111,3 +112,20 @@ def test_motion_attempts_use_their_own_noise(pipeline):
     first, second = (pipeline.sample_motion(rows, cond, z_ed, attempt)[0] for attempt in (0, 1))
     assert not torch.equal(first, second)
     torch.testing.assert_close(first, pipeline.sample_motion(rows, cond, z_ed, 0)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpm++", "unipc"])
+def test_one_scheduler_instance_serves_every_call(kind):
+    """The scheduler goes in as an instance and its timesteps are set per call: a reused multistep solver
+    (its history from an earlier call reset) gives exactly what a fresh one gives, with the settings' steps."""
+    bundle = load_bundle(DEMO_BUNDLE, stages=("vae", "anatomy", "motion"))
+    scheduler = sampling_scheduler(bundle.preset.diffusion, kind, steps=9)
+    pipeline = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind, steps=3), scheduler=scheduler)
+    assert pipeline.scheduler is scheduler
+    rows = make_plan(2, get_preset("tiny"), seed=6, frames=3)
+    cond, noise = pipeline.conditions(rows), pipeline.noise(list(rows["seed"]), 0)
+    first, again = (pipeline.denoise(pipeline.anatomy, noise, cond, 3.0) for _ in range(2))
+    assert len(scheduler.timesteps) == 3
+    fresh = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind, steps=3))
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    torch.testing.assert_close(first, fresh.denoise(fresh.anatomy, noise, cond, 3.0), rtol=0, atol=0)

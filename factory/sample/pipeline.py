@@ -1,6 +1,7 @@
 """The cascade sampler: clinical priors -> ED anatomy -> gate -> residual motion -> decoded 4D subject.
 
-Diffusers-style: models and a scheduler go in, `__call__` is a short loop over a batch of plan rows.
+Diffusers-style: models and a scheduler instance go in (its timesteps are set again for every reverse
+diffusion), `__call__` is a short loop over a batch of plan rows.
 Every random draw of row k comes from generators seeded by that row's seed (and the gate attempt),
 so a row's output does not depend on which worker generates it; batches are fixed groups of plan
 rows, so resumed runs recompute exactly the same batches.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from factory.data.clinical import ejection_fraction, label_volumes_ml, measure
 from factory.data.gate import check_ed_mask
@@ -30,7 +32,8 @@ MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample: scheduler kind and steps, guidance scale per stage, gate bound, frames per UNet call."""
+    """How to sample: scheduler name (factory.models.schedulers.SAMPLERS) and steps, guidance scale per stage,
+    gate bound, frames per UNet call."""
 
     scheduler: str = "dpm++"  # DPM-Solver++ at 15 steps: the r of DDIM-30 at half the cost (benchmarks/sampling.py)
     steps: int = 15
@@ -62,8 +65,12 @@ class CinePipeline:
     def __init__(self, vae: torch.nn.Module, anatomy: torch.nn.Module | None, motion: torch.nn.Module, preset: Preset,
                  latent_scale: float, residual_scale: float, normalizer: ClinicalNormalizer,
                  mass_fit: dict[str, list[float]], settings: SamplerSettings = SamplerSettings(),
-                 device: str | torch.device = "cpu", vendors: list[str] | None = None):
+                 device: str | torch.device = "cpu", vendors: list[str] | None = None,
+                 scheduler: SchedulerMixin | None = None):
         self.device = torch.device(device)
+        # One diffusers scheduler for both stages (None: the one settings.scheduler names, built once here);
+        # `denoise` sets its timesteps before every reverse diffusion.
+        self.scheduler = scheduler or sampling_scheduler(preset.diffusion, settings.scheduler, settings.steps)
         self.vae, self.anatomy, self.motion = (m if m is None else m.to(self.device).eval()
                                                for m in (vae, anatomy, motion))
         self.preset, self.settings = preset, settings
@@ -78,12 +85,12 @@ class CinePipeline:
         return parse_tolerance(self.settings.tolerance)
 
     @classmethod
-    def from_bundle(cls, bundle, settings: SamplerSettings = SamplerSettings(),
-                    device: str | torch.device = "cpu") -> CinePipeline:
+    def from_bundle(cls, bundle, settings: SamplerSettings = SamplerSettings(), device: str | torch.device = "cpu",
+                    scheduler: SchedulerMixin | None = None) -> CinePipeline:
         """Build from a loaded model bundle (factory.load_bundle)."""
         return cls(bundle.models["vae"], bundle.models.get("anatomy"), bundle.models["motion"], bundle.preset,
                    bundle.latent_scale, bundle.residual_scale, bundle.normalizer(), bundle.config["myo_mass_fit"],
-                   settings, device, bundle.vendors)
+                   settings, device, bundle.vendors, scheduler)
 
     @torch.no_grad()
     def __call__(self, rows: pd.DataFrame, sources: tuple[np.ndarray, np.ndarray] | None = None) -> list[Generated]:
@@ -134,7 +141,8 @@ class CinePipeline:
                 guidance: float, **extra: torch.Tensor) -> torch.Tensor:
         """Reverse diffusion with classifier-free guidance: conditional and null branch in one batch, or the
         conditional branch alone at guidance 1 (where the null branch cancels out)."""
-        scheduler = sampling_scheduler(self.preset.diffusion, self.settings.scheduler, self.settings.steps)
+        scheduler = self.scheduler
+        scheduler.set_timesteps(self.settings.steps)  # also resets a multistep solver's history
         branches = 1 if guidance == 1 else 2
         batch = noise.shape[0]
         drop = torch.arange(branches * batch, device=self.device) >= batch
