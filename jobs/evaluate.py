@@ -1,10 +1,10 @@
 """Evaluate a synthetic store: controllability, temporal coherence and realism, downstream cross-vendor value.
 
     ray job submit --working-dir . -- python jobs/evaluate.py --synthetic syn.zarr --cohort cohort.zarr \
-        --out eval/ [--test heldout.zarr] [--downstream] [--seeds 3] [--steps K] [--i3d i3d.pt]
+        --out eval/ [--test heldout.zarr] [--bundle B] [--downstream --regime scarce|full] [--seeds 3] [--i3d i3d.pt]
 
-Writes DIR/report.json and DIR/report.md. The downstream arms x seeds run as Ray tasks on the cluster
-named by RAY_ADDRESS (set by `ray job submit`), or on a local Ray instance.
+Writes DIR/report.json and DIR/report.md. The downstream arms x seeds (and the pseudo-labelling of arm f)
+run as Ray tasks on the cluster named by RAY_ADDRESS (set by `ray job submit`), or on a local Ray instance.
 """
 
 from __future__ import annotations

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +18,10 @@ from factory.reporting.stats import bootstrap_ci, frechet_distance, mae, pearson
 from factory.data.clinical import label_volumes_ml
 from factory.record import cycle_phase
 
+from evaluate_builders import job_main, scarce_inputs
 from store_builders import write_store
 
 SPACING = (10.0, 2.5, 2.5)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_pearson_and_mae_of_identical_columns():
@@ -148,22 +146,15 @@ def undefined_statistic(key: str, holder: dict) -> bool:
     return (key == "sd" and holder["n"] == 1) or (key.startswith("pearson_r") and holder["n"] < 3)
 
 
-def job_main():
-    """`main` of jobs/evaluate.py (the jobs folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 @pytest.mark.slow
-def test_toy_evaluation_end_to_end(tmp_path, toy_stores, local_ray):
+def test_toy_evaluation_end_to_end(tmp_path, local_ray):
+    stores = scarce_inputs(tmp_path)  # 12 labeled cohort subjects: a generator of the scarce regime
     main = job_main()
     out = tmp_path / "eval"
-    argv = ["--synthetic", toy_stores["synthetic"], "--cohort", toy_stores["cohort"], "--test", toy_stores["test"],
-            "--out", str(out), "--extractor-steps", "2", "--bootstrap", "50"]
-    downstream = ["--downstream", "--seeds", "1", "--steps", "2", "--batch-size", "2",
-                  "--arms", "real,augmented,synthetic,both"]
+    argv = ["--synthetic", stores["synthetic"], "--cohort", stores["cohort"], "--test", stores["test"],
+            "--out", str(out), "--extractor-steps", "2", "--c2st-steps", "2", "--bootstrap", "50"]
+    downstream = ["--downstream", "--regime", "scarce", "--bundle", stores["bundle"], "--seeds", "2", "--steps", "4",
+                  "--val-every", "2", "--patience", "1", "--batch-size", "2"]
     assert main(argv + downstream) == 0
     text = (out / "report.json").read_text()
     report = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in report.json"))
@@ -182,21 +173,28 @@ def test_toy_evaluation_end_to_end(tmp_path, toy_stores, local_ray):
     fvd = report["coherence"]["fvd"]
     assert fvd["metric"] == "FVD (cohort-trained extractor)"
     assert fvd["real_vs_real"] >= 0 and fvd["real_vs_synthetic"] >= 0
+    c2st = report["coherence"]["c2st"]["per_vendor"]
+    assert set(c2st) == {"A", "B"} and all(0 <= r["auc"] <= 1 for r in c2st.values())
     masks = report["coherence"]["masks"]
     assert masks["synthetic"]["n_subjects"] == 8 and masks["real"]["n_subjects"] == 0
     assert 0 <= masks["synthetic"]["gate_pass_share"]["mean"] <= 1
+    assert report["generator"]["labeled_subjects"] == {"A": 6, "B": 6}
 
     down = report["downstream"]
-    assert set(down["arms"]) == {"real", "augmented", "synthetic", "both"}
+    assert set(down["arms"]) == {"real", "strong", "synthetic", "both", "synthetic-only", "pseudo"}
     for arm in down["arms"].values():
-        assert 0 <= arm["dice"]["mean"]["mean"] <= 1 and arm["hd95"]["mean"]["mean"] > 0
-        assert set(arm["per_vendor"]) == {"B"}
-    assert set(down["paired_differences"]) == {"synthetic - real", "synthetic - augmented"}
-    assert down["protocol"]["n_extra"] == 6  # six labeled vendor-A cohort subjects; six synthetic ones passed
+        assert 0 <= arm["dice"]["all"]["mean"]["mean"] <= 1 and arm["hd95"]["all"]["mean"]["mean"] > 0
+        assert set(arm["dice"]) == {"all", "B"} and len(arm["seeds"]) == 2
+        assert all(s["training"]["best_step"] in (2, 4) for s in arm["seeds"])
+    assert set(down["paired_differences"]) == {"synthetic - real", "synthetic - strong", "both - strong",
+                                               "synthetic - pseudo"}
+    assert down["protocol"]["n_extra"] == 4  # 5 training subjects, 6 synthetic that passed the gate, 4 unlabeled
+    assert down["cohort_split"]["regime"] == "scarce" and len(down["cohort_split"]["pseudo_subjects"]) == 4
     assert "held-out test store" in down["protocol"]["test"]
 
     markdown = (out / "report.md").read_text()
-    for heading in ("## Controllability", "## Temporal coherence and realism", "## Downstream cross-vendor"):
+    for heading in ("## Controllability", "## Temporal coherence and realism", "### Classifier two-sample test",
+                    "## Downstream cross-vendor", "Paired difference synthetic - strong"):
         assert heading in markdown
     for figure in re.findall(r"\]\(([^)]+\.png)\)", markdown):
         assert (out / figure).is_file(), figure

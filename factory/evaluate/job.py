@@ -1,21 +1,23 @@
-"""The evaluation run: controllability, coherence, vendor faithfulness and (optionally) downstream -> report files."""
+"""The evaluation run: controllability, coherence and realism, vendor faithfulness and (optionally) downstream -> report
+files. Every input is checked, and the downstream experiment planned, before any work starts."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 
-from factory.bundle import read_config, training_fingerprint
-from factory.errors import FactoryError, unwrapped
+from factory.errors import unwrapped
 from factory.evaluate.coherence import mask_coherence
 from factory.evaluate.controllability import controllability
-from factory.evaluate.downstream import downstream
+from factory.evaluate.downstream import DownstreamSpec, downstream, plan_downstream
 from factory.evaluate.features import store_features
+from factory.evaluate.generator import check_regime, describe, generator_training
 from factory.evaluate.report import write_report
+from factory.evaluate.two_sample import classifier_two_sample_test
 from factory.evaluate.vendor import vendor_fidelity
 from factory.evaluate.video import fvd
 from factory.outputs import check_output, replacing
-from factory.store.reader import Store, open_store
+from factory.store.reader import open_store
 
 
 KIND = "evaluation"  # the output folder's kind: --overwrite replaces only an earlier evaluation
@@ -29,56 +31,49 @@ class EvaluationSpec:
     cohort: str
     out: str
     test: str | None = None
-    downstream: bool = False
-    seeds: int = 3
-    steps: int = 300
-    batch_size: int = 4
-    arms: tuple[str, ...] = ("real", "augmented", "synthetic")
-    train_vendor: str = "A"
-    n_extra: int | None = None
+    bundle: str | None = None  # the generator's bundle (default: the one the synthetic store names)
+    downstream: DownstreamSpec | None = None
     i3d: str | None = None
     extractor_steps: int = 300
+    c2st_steps: int = 500
     n_boot: int = 1000
     seed: int = 0
 
 
-def generator_provenance(synthetic: Store, cohort: Store) -> str:
-    """Which data trained the generator of `synthetic`, as far as its bundle says, and whether it is `cohort`."""
-    bundle = synthetic.attrs.get("bundle", {}).get("path")
-    if not bundle:
-        return "unknown (the synthetic store names no model bundle)"
-    try:
-        trained = read_config(bundle)["training_data"]
-    except FactoryError:
-        return f"unknown (bundle {bundle} is not readable here)"
-    same = trained.get("table_sha256") and trained.get("table_sha256") == training_fingerprint(cohort)["table_sha256"]
-    return (f"{trained.get('n_subjects')} subjects of {trained.get('store')}"
-            + (" (this cohort store: labeled and unlabeled subjects alike)" if same else " (not this cohort store)"))
+def recorded(settings: dict) -> dict:
+    """The settings that were given or have a default (None = not given), nested ones included, for the report."""
+    return {k: recorded(v) if isinstance(v, dict) else v for k, v in settings.items() if v is not None}
 
 
 def evaluate(spec: EvaluationSpec, overwrite: bool = False) -> dict:
     """Evaluate `spec.synthetic` against `spec.cohort`, write report.json / report.md into `spec.out`."""
     start = time.perf_counter()
-    inputs = [url for url in (spec.synthetic, spec.cohort, spec.test, spec.i3d) if url]
+    inputs = [url for url in (spec.synthetic, spec.cohort, spec.test, spec.bundle, spec.i3d) if url]
     check_output(spec.out, overwrite=overwrite, accept=(KIND,), inputs=inputs)  # before hours of work
     cohort, synthetic = open_store(spec.cohort, kind="cohort"), open_store(spec.synthetic, kind="synthetic")
     test = open_store(spec.test, kind="cohort") if spec.test else None
+    generator = generator_training(synthetic, cohort, spec.bundle)
+    plan = None
+    if spec.downstream is not None:
+        check_regime(spec.downstream.regime, generator)
+        plan = plan_downstream(spec.cohort, spec.synthetic, spec.test, spec.downstream, generator, spec.seed)
     synthetic_masks, curves = mask_coherence([synthetic])
     report = {
-        "inputs": {k: v for k, v in asdict(spec).items() if v is not None},
-        "protocol": {"generator": generator_provenance(synthetic, cohort)},
+        "inputs": recorded(asdict(spec)),
+        "protocol": {"generator": describe(generator)},
+        "generator": generator,
         "controllability": controllability(synthetic.table, store_features(cohort), store_features(synthetic),
                                            spec.n_boot, spec.seed),
         "coherence": {"fvd": fvd(cohort, synthetic, spec.i3d, spec.extractor_steps, spec.seed),
+                      "c2st": classifier_two_sample_test(synthetic, cohort, test, spec.c2st_steps, spec.seed,
+                                                         spec.n_boot),
                       "masks": {"synthetic": synthetic_masks,
                                 "real": mask_coherence([s for s in (cohort, test) if s is not None])[0]}},
         "vendor": vendor_fidelity(synthetic, cohort, spec.seed),
     }
-    if spec.downstream:
+    if plan is not None:
         with unwrapped():  # a bad store found inside a Ray task is reported as itself
-            report["downstream"] = downstream(spec.cohort, spec.synthetic, spec.test, train_vendor=spec.train_vendor,
-                                              arms=spec.arms, seeds=spec.seeds, steps=spec.steps,
-                                              batch_size=spec.batch_size, n_extra=spec.n_extra, seed=spec.seed)
+            report["downstream"] = downstream(plan, spec.n_boot, spec.seed)
     report["seconds"] = round(time.perf_counter() - start, 1)
     with replacing(spec.out, KIND, overwrite=overwrite, inputs=inputs) as staging:
         write_report(report, synthetic.table, curves, staging)

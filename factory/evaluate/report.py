@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from factory.evaluate.arms import arm_label
 from factory.evaluate.controllability import requested_targets
+from factory.evaluate.statistics import ALL, KEYS
 from factory.reporting.figures import requested_vs_measured_figure
 from factory.reporting.tables import md_table, num
 from factory.store.fs import json_safe
@@ -109,8 +111,9 @@ def coherence_lines(section: dict, curves: list[dict], out: Path) -> list[str]:
     if fvd.get("extractor_held_out_accuracy") is not None:
         lines += ["", "Extractor diagnosis accuracy on held-out real clips:"
                       f" {num(fvd['extractor_held_out_accuracy'])}."]
+    lines += ["", *two_sample_lines(section["c2st"])]
     masks = section["masks"]
-    lines += ["", "### Mask-based coherence", "",
+    lines += ["### Mask-based coherence", "",
               f"Subjects with every frame labeled: {masks['synthetic'].get('n_subjects', 0)} synthetic,"
               f" {masks['real'].get('n_subjects', 0)} real (mean ± SD over subjects).", "",
               *md_table(["measure", "synthetic", "real"], mask_rows(masks["synthetic"], masks["real"])), ""]
@@ -121,44 +124,76 @@ def coherence_lines(section: dict, curves: list[dict], out: Path) -> list[str]:
 
 
 def downstream_figure(section: dict, path: Path) -> None:
-    """Dice per structure and arm: bars at the mean over seeds, one dot per seed."""
+    """Dice per structure and arm over every test subject: bars at the mean over seeds, one dot per seed."""
     arms = list(section["arms"])
-    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(arms)
     for k, arm in enumerate(arms):
-        x = np.arange(len(STRUCTURES) + 1) + k * width
+        x = np.arange(len(KEYS)) + k * width
         result = section["arms"][arm]
-        keys = (*STRUCTURES, "mean")
-        ax.bar(x, [result["dice"][s]["mean"] for s in keys], width, label=arm, alpha=0.7)
+        ax.bar(x, [result["dice"][ALL][key]["mean"] for key in KEYS], width, label=arm_label(arm), alpha=0.7)
         for seed in result["seeds"]:
-            ax.plot(x, [seed["dice"][s] for s in keys], "k.", ms=4)
-    ax.set(xticks=np.arange(len(STRUCTURES) + 1) + 0.4 - width / 2, xticklabels=[*STRUCTURES, "mean"],
-           ylabel="Dice (test vendors)", title="Downstream segmentation")
+            ax.plot(x, [seed["dice"][ALL][key] for key in KEYS], "k.", ms=4)
+    ax.set(xticks=np.arange(len(KEYS)) + 0.4 - width / 2, xticklabels=list(KEYS), ylabel="Dice (test vendors)",
+           title="Downstream segmentation")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=100)
 
 
+def interval(values: list) -> str:
+    """`[low, high]` of a 95 % interval."""
+    return f"[{num(values[0])}, {num(values[1])}]"
+
+
 def downstream_lines(section: dict, out: Path) -> list[str]:
-    """Protocol, per-arm Dice / HD95 tables (mean ± SD over seeds), per vendor, and paired differences."""
-    protocol = section["protocol"]
+    """Protocol, cohort split, per-arm Dice / HD95 (per structure and test vendor), steps used, paired differences."""
+    protocol, split = section["protocol"], section["cohort_split"]
     lines = ["## Downstream cross-vendor segmentation", "",
-             *(f"- {key}: {value}" for key, value in protocol.items() if key != "arms"), ""]
-    keys = (*STRUCTURES, "mean")
+             *(f"- {key}: {value}" for key, value in protocol.items() if key != "arms"),
+             *(f"- {arm}: {description}" for arm, description in protocol["arms"].items()), "",
+             f"Cohort split ({split['regime']} regime): {len(split['train_subjects'])} training and"
+             f" {len(split['validation_subjects'])} validation subjects of vendor {split['train_vendor']}"
+             f" ({split['validation_frames']} validation frames), {split['unlabeled_pool']} unlabeled cohort subjects"
+             f" ({len(split['pseudo_subjects'])} pseudo-labelled), {len(split['synthetic_subjects'])} synthetic"
+             f" subjects; test subjects per vendor {split['test']['subjects_per_vendor']}"
+             f" ({split['test']['frames']} frames). Subject ids: report.json `downstream.cohort_split`.", ""]
+    arms = section["arms"]
+    groups = [ALL, *sorted({g for result in arms.values() for g in result["dice"]} - {ALL})]
     for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)")):
-        rows = [[arm, *(spread(result[metric][k]) for k in keys)] for arm, result in section["arms"].items()]
-        lines += [f"{label}, mean ± SD over seeds:", "", *md_table(["arm", *keys], rows), ""]
-    vendors = sorted({v for result in section["arms"].values() for v in result["per_vendor"]})
-    rows = [[arm, *(f"{spread(result['per_vendor'][v]['dice'])} / {spread(result['per_vendor'][v]['hd95'])}"
-                    for v in vendors)] for arm, result in section["arms"].items()]
-    lines += ["Per test vendor, mean Dice / HD95 over structures:", "", *md_table(["arm", *vendors], rows), ""]
-    for name, diff in section["paired_differences"].items():
-        rows = [[label, *(f"{spread(diff[metric][k])} ({num(diff[metric][k]['min'])} to {num(diff[metric][k]['max'])})"
-                          for k in keys)] for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)"))]
-        lines += [f"Paired difference {name} (same seed), mean ± SD (min to max):", "",
-                  *md_table(["metric", *keys], rows), ""]
+        for group in groups:
+            rows = [[arm_label(arm), *(spread(result[metric][group][k]) for k in KEYS)] for arm, result in arms.items()]
+            title = "every test subject" if group == ALL else f"test vendor {group}"
+            lines += [f"{label}, {title}, mean ± SD over seeds:", "", *md_table(["arm", *KEYS], rows), ""]
+    rows = [[arm_label(arm), spread(result["steps"]["best_step"]), spread(result["steps"]["steps_run"]),
+             ", ".join(f"{num(s['training']['best_validation_dice'])} @ {s['training']['best_step']}"
+                       for s in result["seeds"])] for arm, result in arms.items()]
+    lines += ["Steps used (validation Dice chose the checkpoint):", "",
+              *md_table(["arm", "best step", "steps run", "best validation Dice @ step, per seed"], rows), ""]
+    for name, difference in section["paired_differences"].items():
+        rows = [[label, group if group != ALL else "all", *(
+            f"{num(cell['mean'])} {interval(cell['ci95_test_subjects'])} {interval(cell['ci95_seeds'])}"
+            for cell in (difference[metric][group][k] for k in KEYS))]
+            for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)")) for group in groups]
+        lines += [f"Paired difference {name} (same seed, same test subjects): mean [95 % CI over test subjects]"
+                  " [95 % CI over seeds]:", "", *md_table(["metric", "test vendor", *KEYS], rows), ""]
     downstream_figure(section, out / "downstream_dice.png")
     return lines + ["![downstream Dice](downstream_dice.png)", ""]
+
+
+def two_sample_lines(section: dict) -> list[str]:
+    """The classifier two-sample test: per vendor, the held-out ROC AUC (0.5 = indistinguishable)."""
+    lines = ["### Classifier two-sample test", "", f"Classifier: {section['classifier']}, {section['steps']} steps;"
+             f" {section['frames_per_subject']} frames per subject; subjects split in halves (train / held out)."
+             " ROC AUC on the held-out half: 0.5 = real and synthetic frames indistinguishable, 1.0 = always told"
+             " apart; 95 % bootstrap interval over held-out subjects.", ""]
+    if section.get("note"):
+        lines += [f"Note: {section['note']}.", ""]
+    rows = [[vendor, r["real"], "skipped: " + r["skipped"] if "skipped" in r else with_ci(r["auc"], r["auc_ci95"]),
+             r.get("n_subjects_per_side", ""), r.get("n_held_out_frames", "")]
+            for vendor, r in section["per_vendor"].items()]
+    return lines + [*md_table(["vendor", "real frames from", "ROC AUC [95 % CI]", "subjects per side",
+                               "held-out frames"], rows), ""]
 
 
 def vendor_lines(section: dict) -> list[str]:
