@@ -191,6 +191,7 @@ def test_toy_evaluation_end_to_end(tmp_path, local_ray):
     assert down["protocol"]["n_extra"] == 4  # 5 training subjects, 6 synthetic that passed the gate, 4 unlabeled
     assert down["cohort_split"]["regime"] == "scarce" and len(down["cohort_split"]["pseudo_subjects"]) == 4
     assert "held-out test store" in down["protocol"]["test"]
+    assert down["protocol"]["note"] == "2 seed(s): the protocol asks for at least 3"
 
     markdown = (out / "report.md").read_text()
     for heading in ("## Controllability", "## Temporal coherence and realism", "### Classifier two-sample test",

@@ -38,6 +38,7 @@ from factory.train.data import split_subjects
 
 VAL_FRACTION = 0.2  # of the training vendor's labeled subjects, held out to choose the steps
 NEEDS_SYNTHETIC = ("synthetic", "both", "synthetic-only")
+MIN_SEEDS = 3  # the protocol's minimum; fewer (quick checks) are run, and the report says so
 
 
 @dataclass(frozen=True)
@@ -230,5 +231,8 @@ def downstream(plan: Plan, n_boot: int, seed: int) -> dict:
     refs = [run_arm.remote(plan.experiment, arm, s, pseudo if arm == "pseudo" else None)
             for arm in plan.spec.arms for s in seed_list]
     results = gather_with_progress(refs)
-    return {"protocol": {**plan.protocol, "seeds": seed_list}, "cohort_split": plan.cohort_split,
+    protocol = {**plan.protocol, "seeds": seed_list}
+    if len(seed_list) < MIN_SEEDS:
+        protocol["note"] = f"{len(seed_list)} seed(s): the protocol asks for at least {MIN_SEEDS}"
+    return {"protocol": protocol, "cohort_split": plan.cohort_split,
             **summarize(results, plan.frame_subject, plan.subject_vendor, n_boot, seed)}
