@@ -1,7 +1,9 @@
-"""Small stores for the streaming, export and preview tests (cohort-like or synthetic-like)."""
+"""What tests build: small stores (cohort-like or synthetic-like), a VAE-only bundle on one, the jobs as modules."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import time
@@ -11,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from factory.bundle import add_stage, start_bundle, training_fingerprint
 from factory.data.clinical import measure
 from factory.presets import get_preset
 from factory.store import layout, shards
+from factory.store.reader import open_store
 from factory.store.writer import COMPRESSORS, StoreWriter
 
 from conftest import make_subject
@@ -119,3 +123,35 @@ def write_chunk_per_frame_store(path: Path | str, n: int = 3) -> str:
         del entry["shards"]
     manifest_path.write_text(json.dumps(manifest))
     return str(path)
+
+
+def vae_bundle(path: Path, cohort: str) -> str:
+    """A bundle of untrained tiny-preset VAE weights whose recorded training cohort is `cohort` (the bundle API)."""
+    import torch
+
+    from factory.models.build import build_model
+
+    preset = get_preset("tiny")
+    torch.manual_seed(0)
+    start_bundle(path, preset, training_fingerprint(open_store(cohort)))
+    add_stage(path, "vae", build_model(preset, "vae", 0).state_dict(), {}, {"latent_scale": 1.0})
+    return str(path)
+
+
+def scarce_inputs(root: Path, n_labeled: int = 12) -> dict[str, str]:
+    """Cohort of `n_labeled` labeled subjects (vendors B, A in turn) + 4 unlabeled ones, its bundle, a test store of
+    vendors A and B (6 subjects) and a synthetic store (8 subjects, 6 passed the gate)."""
+    cohort = write_store(root / "cohort.zarr", n=n_labeled + 4, n_unlabeled=4)
+    return {"cohort": cohort, "bundle": vae_bundle(root / "bundle", cohort),
+            "test": write_store(root / "test.zarr", n=6, prefix="t"),
+            "synthetic": write_store(root / "syn.zarr", n=8, kind="synthetic", prefix="syn")}
+
+
+@functools.cache
+def job(name: str):
+    """jobs/<name>.py as a module (the jobs folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,8 +7,6 @@ replaced by a function that fails the test, so a value that slips past the edge 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -19,18 +17,10 @@ from factory.errors import FactoryError
 from factory.presets import get_preset
 from factory.train.config import stage_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from store_builders import job
+
 GOOD_PLAN = {"diagnosis": ["NOR", "HCM"], "edv_ml": [120.0, 150.0], "ef_pct": [60.0, 70.0],
              "n_slices": [8, 9], "frames": [25, 30]}
-
-
-@functools.cache
-def job(name: str):
-    """jobs/<name>.py as a module (the jobs folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"jobs_{name}", ROOT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def entry(name: str):

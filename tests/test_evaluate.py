@@ -18,8 +18,7 @@ from factory.reporting.stats import bootstrap_ci, frechet_distance, mae, pearson
 from factory.data.clinical import label_volumes_ml
 from factory.record import cycle_phase
 
-from evaluate_builders import job_main, scarce_inputs
-from store_builders import write_store
+from store_builders import job, scarce_inputs, write_store
 
 SPACING = (10.0, 2.5, 2.5)
 
@@ -149,7 +148,7 @@ def undefined_statistic(key: str, holder: dict) -> bool:
 @pytest.mark.slow
 def test_toy_evaluation_end_to_end(tmp_path, local_ray):
     stores = scarce_inputs(tmp_path)  # 12 labeled cohort subjects: a generator of the scarce regime
-    main = job_main()
+    main = job("evaluate").main
     out = tmp_path / "eval"
     argv = ["--synthetic", stores["synthetic"], "--cohort", stores["cohort"], "--test", stores["test"],
             "--out", str(out), "--extractor-steps", "2", "--c2st-steps", "2", "--bootstrap", "50"]

@@ -22,8 +22,7 @@ from factory.presets import get_preset
 from factory.store.reader import open_store
 from factory.store.writer import StoreWriter
 
-from evaluate_builders import job_main, scarce_inputs, vae_bundle
-from store_builders import subject_and_row, write_store
+from store_builders import job, scarce_inputs, subject_and_row, vae_bundle, write_store
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +174,7 @@ def test_two_sample_test_tells_negated_images_apart(inputs, tmp_path):
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    status = job_main()(argv)
+    status = job("evaluate").main(argv)
     return status, capsys.readouterr().err.strip()
 
 
@@ -199,5 +198,5 @@ def test_command_line_refusals(inputs, tmp_path, capsys):
         assert status == 2 and message in err and len(err.splitlines()) == 1, (argv, err)
     assert not (tmp_path / "eval").exists(), "refused before any work"
     with pytest.raises(SystemExit) as exit_info:
-        job_main()(base + ["--cohort", inputs["cohort"], "--downstream", "--extra-share", "1"])
+        job("evaluate").main(base + ["--cohort", inputs["cohort"], "--downstream", "--extra-share", "1"])
     assert exit_info.value.code == 2 and "between 0 and 1" in capsys.readouterr().err

@@ -3,7 +3,6 @@ the bundle it writes, and the bundle loader's refusals (missing weights, wrong p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -24,9 +23,8 @@ from factory.train.checkpoint import load_state, save_state
 from factory.train.data import augment_ed, clinical_values, split_subjects
 
 from conftest import make_subject
-from store_builders import write_store
+from store_builders import job, write_store
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY, FAIL_AT = 3, 2, 3  # a failure at step 3 resumes from the checkpoint of step 2
 
 
@@ -53,10 +51,6 @@ def trained(tmp_path_factory, ray_local) -> Path:
 
     from factory.train.runner import TrainOptions, train
 
-    spec = importlib.util.spec_from_file_location("jobs_train", ROOT / "jobs" / "train.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-
     root = tmp_path_factory.mktemp("train")
     cohort = write_store(root / "cohort.zarr", n=6, n_unlabeled=2)
     out = root / "bundle"
@@ -65,7 +59,7 @@ def trained(tmp_path_factory, ray_local) -> Path:
     with pytest.raises(ray.train.TrainingFailedError):
         train(TrainOptions(**common, stages=("motion",), fail_at_step={"motion": FAIL_AT}, max_failures=0))
     assert "motion" not in json.loads((out / "bundle.json").read_text())["stages"]
-    assert job.main(["--cohort", cohort, "--out", str(out), "--stage", "all", "--workers", "2",
+    assert job("train").main(["--cohort", cohort, "--out", str(out), "--stage", "all", "--workers", "2",
                       "--steps", str(STEPS), "--batch-size", "2", "--checkpoint-every", str(CHECKPOINT_EVERY)]) == 0
     return out
 
@@ -369,8 +363,6 @@ def test_pack_halves_the_weights_and_keeps_the_models(bundle_dir, tmp_path):
 
 def test_train_refuses_a_synthetic_cohort_and_a_used_folder(tmp_path):
     from factory.train.runner import TrainOptions, train
-
-    from store_builders import write_store
 
     synthetic = write_store(tmp_path / "syn.zarr", n=2, kind="synthetic")
     with pytest.raises(StoreError, match="is a synthetic store, expected a cohort store"):
