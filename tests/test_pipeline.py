@@ -37,24 +37,28 @@ def test_guidance_one_runs_the_conditional_branch_only(pipeline, guidance, branc
     cond = pipeline.conditions(rows)
     batches: list[int] = []
     noise = pipeline.noise(list(rows["seed"]), 0)
-    x = pipeline.denoise(counted(pipeline.anatomy, batches), noise, cond, guidance)
+    x = pipeline.denoise(counted(pipeline.anatomy, batches), noise, cond, guidance, 2)
     assert batches == [branches * 3] * 2 and x.shape == noise.shape
     if guidance == 1.0:  # the same result as both branches combined at a scale of (almost exactly) 1
-        both = pipeline.denoise(pipeline.anatomy, noise, cond, 1.0 + 1e-7)
+        both = pipeline.denoise(pipeline.anatomy, noise, cond, 1.0 + 1e-7, 2)
         torch.testing.assert_close(x, both, rtol=1e-4, atol=1e-4)
 
 
-def test_anatomy_and_motion_guidance_are_separate(pipeline, monkeypatch):
+def test_anatomy_and_motion_guidance_and_steps_are_separate(pipeline, monkeypatch):
     rows = make_plan(1, get_preset("tiny"), seed=1, frames=3)
-    seen: list[float] = []
+    seen: list[tuple[float, int]] = []
     original = CinePipeline.denoise
     monkeypatch.setattr(CinePipeline, "denoise",
-                        lambda self, model, noise, cond, guidance, **extra:
-                        seen.append(guidance) or original(self, model, noise, cond, guidance, **extra))
+                        lambda self, model, noise, cond, guidance, steps, **extra:
+                        seen.append((guidance, steps)) or original(self, model, noise, cond, guidance, steps, **extra))
     monkeypatch.setattr(pipeline, "settings", SamplerSettings(steps=1, guidance=2.0, motion_guidance=1.0,
                                                               max_gate_attempts=1))
     pipeline(rows)
-    assert seen == [2.0, 1.0]
+    assert seen == [(2.0, 1), (1.0, 1)], "motion steps default to the anatomy's"
+    seen.clear()
+    monkeypatch.setattr(pipeline, "settings", SamplerSettings(steps=2, motion_steps=1, max_gate_attempts=1))
+    pipeline(rows)
+    assert seen == [(3.0, 2), (3.0, 1)]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -117,15 +121,15 @@ def test_motion_attempts_use_their_own_noise(pipeline):
 @pytest.mark.parametrize("kind", ["ddim", "dpm++", "unipc"])
 def test_one_scheduler_instance_serves_every_call(kind):
     """The scheduler goes in as an instance and its timesteps are set per call: a reused multistep solver
-    (its history from an earlier call reset) gives exactly what a fresh one gives, with the settings' steps."""
+    (its history from an earlier call reset) gives exactly what a fresh one gives, in the steps asked for."""
     bundle = load_bundle(DEMO_BUNDLE, stages=("vae", "anatomy", "motion"))
     scheduler = sampling_scheduler(bundle.preset.diffusion, kind, steps=9)
-    pipeline = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind, steps=3), scheduler=scheduler)
+    pipeline = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind), scheduler=scheduler)
     assert pipeline.scheduler is scheduler
     rows = make_plan(2, get_preset("tiny"), seed=6, frames=3)
     cond, noise = pipeline.conditions(rows), pipeline.noise(list(rows["seed"]), 0)
-    first, again = (pipeline.denoise(pipeline.anatomy, noise, cond, 3.0) for _ in range(2))
+    first, again = (pipeline.denoise(pipeline.anatomy, noise, cond, 3.0, 3) for _ in range(2))
     assert len(scheduler.timesteps) == 3
-    fresh = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind, steps=3))
+    fresh = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind))
     torch.testing.assert_close(first, again, rtol=0, atol=0)
-    torch.testing.assert_close(first, fresh.denoise(fresh.anatomy, noise, cond, 3.0), rtol=0, atol=0)
+    torch.testing.assert_close(first, fresh.denoise(fresh.anatomy, noise, cond, 3.0, 3), rtol=0, atol=0)

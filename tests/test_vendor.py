@@ -72,7 +72,7 @@ def test_the_vendor_token_changes_the_sampled_anatomy_for_the_same_seed():
     latents = {}
     for vendor in ("A", "B"):
         cond = pipeline.conditions(plan.assign(vendor=vendor))
-        latents[vendor] = pipeline.denoise(pipeline.anatomy, pipeline.noise(list(plan["seed"]), 0), cond, 3.0)
+        latents[vendor] = pipeline.denoise(pipeline.anatomy, pipeline.noise(list(plan["seed"]), 0), cond, 3.0, 2)
     assert (latents["A"] - latents["B"]).abs().max() > 1e-4
     with pytest.raises(InputError, match="unknown vendor"):
         pipeline.conditions(plan.assign(vendor="X"))

@@ -52,7 +52,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SamplerSettings()  # the one place sampler defaults are set
     parser.add_argument("--scheduler", choices=SAMPLERS, default=defaults.scheduler, help="diffusion sampler")
     parser.add_argument("--steps", type=positive_int, default=defaults.steps,
-                        help="denoising steps per diffusion stage")
+                        help="denoising steps of the anatomy LDM (and of the motion LDM without --motion-steps)")
+    parser.add_argument("--motion-steps", type=positive_int, default=defaults.motion_steps,
+                        help="denoising steps of the motion LDM (default: --steps)")
     parser.add_argument("--guidance", type=non_negative_float, default=defaults.guidance,
                         help="classifier-free guidance scale of the anatomy LDM (1 = conditional branch only)")
     parser.add_argument("--motion-guidance", type=non_negative_float, default=defaults.motion_guidance,
@@ -123,7 +125,8 @@ def source_table(url: str) -> pd.DataFrame:
 def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     """The sampler settings of parsed arguments (their ranges are checked by argparse)."""
     parse_tolerance(args.tolerance)  # refuses a malformed tolerance before anything runs
-    return SamplerSettings(scheduler=args.scheduler, steps=args.steps, guidance=args.guidance,
+    return SamplerSettings(scheduler=args.scheduler, steps=args.steps, motion_steps=args.motion_steps,
+                           guidance=args.guidance,
                            motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts,
                            tolerance=args.tolerance, max_motion_attempts=args.tolerance_attempts)
 

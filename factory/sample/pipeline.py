@@ -32,17 +32,23 @@ MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How to sample: scheduler name (factory.models.schedulers.SAMPLERS) and steps, guidance scale per stage,
+    """How to sample: scheduler name (factory.models.schedulers.SAMPLERS), steps and guidance scale per stage,
     gate bound, frames per UNet call."""
 
     scheduler: str = "dpm++"  # DPM-Solver++ at 15 steps: the r of DDIM-30 at half the cost (benchmarks/sampling.py)
-    steps: int = 15
+    steps: int = 15  # anatomy LDM
+    motion_steps: int | None = None  # motion LDM; None: `steps`
     guidance: float = 3.0  # anatomy LDM
     motion_guidance: float = 3.0  # motion LDM
     max_gate_attempts: int = 4  # also bounds the anatomy resampling of an EDV tolerance
     tolerance: str = ""  # e.g. "ef=5,edv=10%" (factory.sample.tolerance); "" = none
     max_motion_attempts: int = 4  # bound of the motion resampling of an ESV / EF tolerance
     frames_per_call: int = 64
+
+    @property
+    def motion_denoising_steps(self) -> int:
+        """Denoising steps of the motion LDM."""
+        return self.motion_steps or self.steps
 
 
 @dataclass
@@ -138,11 +144,11 @@ class CinePipeline:
 
     @torch.no_grad()
     def denoise(self, model: Callable[..., torch.Tensor], noise: torch.Tensor, cond: dict[str, torch.Tensor],
-                guidance: float, **extra: torch.Tensor) -> torch.Tensor:
-        """Reverse diffusion with classifier-free guidance: conditional and null branch in one batch, or the
-        conditional branch alone at guidance 1 (where the null branch cancels out)."""
+                guidance: float, steps: int, **extra: torch.Tensor) -> torch.Tensor:
+        """Reverse diffusion in `steps` steps with classifier-free guidance: conditional and null branch in one
+        batch, or the conditional branch alone at guidance 1 (where the null branch cancels out)."""
         scheduler = self.scheduler
-        scheduler.set_timesteps(self.settings.steps)  # also resets a multistep solver's history
+        scheduler.set_timesteps(steps)  # also resets a multistep solver's history
         branches = 1 if guidance == 1 else 2
         batch = noise.shape[0]
         drop = torch.arange(branches * batch, device=self.device) >= batch
@@ -188,7 +194,7 @@ class CinePipeline:
         for attempt in range(self.settings.max_gate_attempts):
             sub = {k: v[pending] for k, v in cond.items()}
             x = self.denoise(self.anatomy, self.noise(list(rows["seed"].iloc[pending]), attempt), sub,
-                             self.settings.guidance)
+                             self.settings.guidance, self.settings.steps)
             z = x / self.latent_scale
             masks = self.decode_masks(z)
             z_ed[pending] = z
@@ -253,7 +259,7 @@ class CinePipeline:
             phase = torch.tensor([phases[i][t] for i, t in chunk], device=self.device)
             sub = {k: v[who] for k, v in cond.items()}
             r = self.denoise(self.motion, shared[who], sub, self.settings.motion_guidance,
-                             z_ed=z_ed[who] * self.latent_scale, phase=phase)
+                             self.settings.motion_denoising_steps, z_ed=z_ed[who] * self.latent_scale, phase=phase)
             for (i, t), r_t in zip(chunk, r):
                 residuals[i][t] = r_t / self.residual_scale
         return residuals
