@@ -1,15 +1,15 @@
-"""The generation run on Ray Data: plan batches -> sampler actors -> Zarr datasink -> finished store.
+"""The generation run on Ray Data: plan rows -> sampler actors -> Zarr datasink -> finished store.
 
-Work unit = a fixed group of `batch_size` consecutive plan rows. Sampler actors (model loaded once
-per actor) turn a group into subjects; the datasink commits each subject into the store (one writer
-per subject, chunks never shared); the driver finalises the store (table, then manifest) when every
+Work unit = a fixed group of `batch_size` consecutive plan rows, one Ray Data block of those rows.
+Sampler actors (model loaded once per actor) turn a group into subject rows of native columns; the
+datasink (factory.store.datasink) commits each subject into the store (one writer per subject, shards
+never shared); the driver finalises the store (table, then manifest) when every
 subject is in. A resumed run regenerates only groups with uncommitted subjects, with the same
 grouping and seeds, so the result equals an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,13 +23,14 @@ from factory.bundle import BUNDLE_FILE, load_bundle, read_config, sha256_file, t
 from factory.errors import InputError, StoreError, unwrapped
 from factory.outputs import STORE, check_output, remove, staging_path, swap
 from factory.presets import PRESETS
-from factory.record import Subject, cycle_phase
 from factory.sample.pipeline import CinePipeline, SamplerSettings
 from factory.store.fs import filesystem, join
+from factory.store.datasink import ZarrDatasink, subject_columns
 from factory.store.reader import open_store
 from factory.store.writer import StoreWriter
 
 PLAN_FILE = "plan.parquet"
+GROUP = "work_unit"  # column that tags the plan rows a Ray Data block carries with their group
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "demo"  # shipped with the package
 
 
@@ -48,31 +49,25 @@ class RunSpec:
 
 
 class SamplerActor:
-    """Ray Data callable class: loads the bundle once, turns plan groups into subject blocks."""
+    """Ray Data callable class: loads the bundle once, turns the plan rows of a work unit into subject rows."""
 
-    def __init__(self, bundle: str, settings: dict, plan: pd.DataFrame, threads: int, source: str | None = None):
+    def __init__(self, bundle: str, settings: dict, threads: int, source: str | None = None):
         import torch
 
         torch.set_num_threads(threads)  # the CPUs Ray reserved for this actor, all of them used
         device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         loaded = load_bundle(bundle, device=device, stages=sampling_stages(source))
         self.pipeline = CinePipeline.from_bundle(loaded, SamplerSettings(**settings), device=device)
-        self.plan = plan
         self.source = None if source is None else open_store(source, kind="cohort")  # opened here, in the worker
         self.source_index = ({} if self.source is None else
                              {name: i for i, name in enumerate(self.source.table["subject_id"])})
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = self.plan.iloc[np.concatenate([json.loads(r) for r in batch["rows"]])]
-        generated = self.pipeline(rows, self.source_frames(rows))
-        return {
-            "index": np.array([g.row["plan_row"] for g in generated]),
-            "image": np.array([g.subject.image.astype(np.float16) for g in generated] + [None], dtype=object)[:-1],
-            "mask": np.array([g.subject.mask for g in generated] + [None], dtype=object)[:-1],
-            "record": np.array([json.dumps({**g.row, "es_frame": g.subject.es_frame,
-                                            "slice_mask": g.subject.slice_mask.tolist()}) for g in generated]),
-        }
-
+    def __call__(self, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Generate the plan rows of a batch, each work unit (`GROUP`) in one pipeline call, as it always is."""
+        generated = [g for _, group in rows.groupby(GROUP, sort=False)
+                     for g in self.pipeline(group.drop(columns=GROUP), self.source_frames(group))]
+        return subject_columns([g.row["plan_row"] for g in generated], [g.subject for g in generated],
+                               [g.row for g in generated])
 
     def source_frames(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
         """The ED images and masks of the rows' source subjects (None when the run samples anatomies)."""
@@ -80,34 +75,6 @@ class SamplerActor:
             return None
         index = np.array([self.source_index[name] for name in rows["source_subject"]])
         return self.source.read_frames(np.stack([index, np.zeros_like(index)], axis=1))
-
-
-class ZarrDatasink(ray.data.Datasink):
-    """Commits generated subjects into an existing store; each subject is written by one task only."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    @property
-    def supports_distributed_writes(self) -> bool:
-        return True
-
-    def write(self, blocks, ctx) -> int:
-        writer = StoreWriter(self.url)
-        spacing = tuple(writer.attrs["spacing_mm"])
-        written = 0
-        for block in blocks:
-            columns = ray.data.block.BlockAccessor.for_block(block).to_numpy()
-            for index, image, mask, record in zip(columns["index"], columns["image"], columns["mask"],
-                                                  columns["record"]):
-                row = json.loads(record)
-                es, slice_mask = row.pop("es_frame"), np.array(row.pop("slice_mask"), bool)
-                subject = Subject(f"syn{int(index):06d}", np.asarray(image, np.float32), np.asarray(mask, np.uint8),
-                                  np.ones(len(mask), bool), spacing, es, slice_mask=slice_mask,
-                                  phase=cycle_phase(len(mask), es))
-                writer.write_subject(int(index), subject, row)
-                written += 1
-        return written
 
 
 def sampling_stages(source: str | None) -> tuple[str, ...]:
@@ -118,6 +85,11 @@ def sampling_stages(source: str | None) -> tuple[str, ...]:
 def plan_groups(n_rows: int, batch_size: int) -> list[list[int]]:
     """Fixed groups of consecutive plan rows: the unit of work, identical across resumed runs."""
     return [list(range(s, min(s + batch_size, n_rows))) for s in range(0, n_rows, batch_size)]
+
+
+def work_units(plan: pd.DataFrame, groups: list[list[int]]) -> list[pd.DataFrame]:
+    """The plan rows of every group, tagged with the group's number (`GROUP`): one Ray Data block each."""
+    return [plan.iloc[group].assign(**{GROUP: k}) for k, group in enumerate(groups)]
 
 
 def run_attributes(spec: RunSpec, threads: int) -> dict:
@@ -205,12 +177,12 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     if todo:
         connect()
         threads = writer.attrs["sampler"]["threads"]
-        groups = ray.data.from_items([{"rows": json.dumps(g)} for g in todo], override_num_blocks=len(todo))
-        subjects = groups.map_batches(
-            SamplerActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=spec.workers),
+        # One block per work unit, used whole as an actor's batch (batch_size=None): a group is never split.
+        subjects = ray.data.from_pandas(work_units(plan, todo)).map_batches(
+            SamplerActor, batch_size=None, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=spec.workers),
             num_cpus=spec.cpus_per_worker or threads, num_gpus=spec.gpus_per_worker,
-            fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "plan": plan,
-                                   "threads": threads, "source": spec.source})
+            fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "threads": threads,
+                                   "source": spec.source})
         # Writes reserve no CPU: with a logical CPU each, they would wait behind sampler actors that hold
         # every CPU of a small node, and subjects would pile up in the object store until the end.
         with unwrapped():
