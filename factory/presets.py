@@ -175,15 +175,16 @@ class StageRecipe:
 
 VOLUME_WEIGHT = 0.1  # DiffusionLoss.volume of both LDMs: a 10 ml error at a clean step weighs 0.01, the MSE ~0.1-0.3
 
-# Per preset and stage. The tiny numbers are sized for `--stage all --workers 2` on a ~150-subject phantom
-# cohort on 2 CPU cores to finish within an hour: the VAE runs at ~0.28 steps/s there, the teacher ~0.38,
-# the LDMs ~1 (README "The demo bundle"). The paper numbers are a starting point for a GPU. A recipe is not
-# part of the preset definition a bundle is checked against: bundle.json records it per stage instead.
+# Per preset and stage. The tiny numbers are the shipped demo bundle's recipe, sized for `--stage all --workers 2`
+# on a ~150-subject phantom cohort on 2 CPU cores to finish within an hour: 55 min there on 2026-12-02 (VAE ~0.9
+# steps/s, teacher ~0.75, anatomy LDM ~1.65, motion LDM ~1.9; README "The demo bundle"). The paper numbers are a
+# starting point for a GPU. A recipe is not part of the preset definition a bundle is checked against:
+# bundle.json records it per stage instead.
 RECIPES: dict[str, dict[str, StageRecipe]] = {
     "tiny": {
-        "vae": StageRecipe(steps=440, batch_size=4, lr=1e-3, loss=VAELoss()),
-        "teacher": StageRecipe(steps=100, batch_size=4, lr=1e-3, loss=TeacherLoss()),
-        "anatomy": StageRecipe(steps=600, batch_size=8, lr=5e-4, loss=DiffusionLoss(volume=VOLUME_WEIGHT)),
+        "vae": StageRecipe(steps=1000, batch_size=4, lr=1e-3, loss=VAELoss()),
+        "teacher": StageRecipe(steps=120, batch_size=4, lr=1e-3, loss=TeacherLoss()),
+        "anatomy": StageRecipe(steps=2400, batch_size=8, lr=5e-4, loss=DiffusionLoss(volume=VOLUME_WEIGHT)),
         "motion": StageRecipe(steps=600, batch_size=8, lr=5e-4, loss=DiffusionLoss(volume=VOLUME_WEIGHT)),
     },
     "paper": {
