@@ -35,8 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-worker", type=positive_float,
                         help="CPUs (torch threads) per sampler actor (default: CPU runs share the cluster's CPUs"
                              " equally, at most one node's; GPU runs 1)")
-    parser.add_argument("--batch-size", type=positive_int, default=4,
-                        help="plan rows sampled together by one actor call")
+    parser.add_argument("--batch-size", type=positive_int, default=RunSpec.batch_size,
+                        help="the most plan rows sampled together by one actor call (the plan is split into equal"
+                             " groups, as many for every actor)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted run into the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser.parse_args(argv)

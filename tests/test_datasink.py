@@ -1,9 +1,10 @@
-"""The hand-off from sampler actors to the store: native columns through a Ray Data block, every metadata
-column and every array kept, nothing recomputed on the way."""
+"""The hand-off from sampler actors to the store: work units from the plan itself (as many for every actor),
+native columns through a Ray Data block, every metadata column and every array kept, nothing recomputed."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ from ray.data.block import BlockAccessor
 from factory.bundle import load_bundle
 from factory.errors import StoreError
 from factory.presets import get_preset
-from factory.sample.job import DEMO_BUNDLE, GROUP, plan_groups, work_units
+from factory.sample.job import (DEMO_BUNDLE, GROUP, RunSpec, plan_groups, prepare_store, work_unit_count,
+                                work_units)
 from factory.sample.pipeline import CinePipeline, SamplerSettings
 from factory.sample.plan import make_plan
 from factory.store.datasink import ZarrDatasink, column_subjects, subject_columns
@@ -77,5 +79,27 @@ def test_metadata_may_not_shadow_a_subject_column(generated):
 def test_work_units_come_from_the_plan_itself():
     plan = make_plan(7, TINY, seed=0)
     units = work_units(plan, plan_groups(len(plan), 3))
-    assert [len(u) for u in units] == [3, 3, 1] and [set(u[GROUP]) for u in units] == [{0}, {1}, {2}]
+    assert [len(u) for u in units] == [3, 2, 2] and [set(u[GROUP]) for u in units] == [{0}, {1}, {2}]
     pd.testing.assert_frame_equal(pd.concat(units).drop(columns=GROUP), plan)
+
+
+@pytest.mark.parametrize("n, workers, batch_size, sizes", [
+    (10, 2, 4, [3, 3, 2, 2]),  # `make demo` before: groups of 4, 4, 2 left one actor alone for the last third
+    (10, 2, 8, [5, 5]), (8, 1, 2, [2, 2, 2, 2]), (1, 4, 8, [1]), (3, 2, 8, [2, 1]), (100, 3, 8, [7] * 10 + [6] * 5),
+])
+def test_every_actor_gets_as_many_work_units(n, workers, batch_size, sizes):
+    groups = plan_groups(n, work_unit_count(n, workers, batch_size))
+    assert [len(g) for g in groups] == sizes and sum(groups, []) == list(range(n))
+    assert len(groups) % workers == 0 or len(groups) == n
+
+
+def test_a_resumed_run_keeps_its_work_units(tmp_path):
+    """The grouping is recorded at the start: resuming with another worker count regroups nothing."""
+    out, plan = str(tmp_path / "syn.zarr"), make_plan(10, TINY, seed=0, frames=3)
+    spec = RunSpec(bundle=str(DEMO_BUNDLE), out=out, settings=SamplerSettings(), batch_size=4, workers=2,
+                   cpus_per_worker=1)
+    assert prepare_store(spec, plan, resume=False, overwrite=False).attrs["sampler"]["work_units"] == 4
+    resumed = prepare_store(replace(spec, workers=3), plan, resume=True, overwrite=False)
+    assert resumed.attrs["sampler"]["work_units"] == 4
+    with pytest.raises(StoreError, match="sampler settings"):
+        prepare_store(replace(spec, batch_size=2), plan, resume=True, overwrite=False)

@@ -1,6 +1,8 @@
 """The generation run on Ray Data: plan rows -> sampler actors -> Zarr datasink -> finished store.
 
-Work unit = a fixed group of `batch_size` consecutive plan rows, one Ray Data block of those rows.
+Work unit = a fixed group of consecutive plan rows, one Ray Data block of those rows. The number of groups
+is a multiple of the worker count, with at most `batch_size` rows each and sizes that differ by one at
+most, so every actor has work until the end (`work_units`); it is recorded in the store.
 Sampler actors (model loaded once per actor) turn a group into subject rows of native columns; the
 datasink (factory.store.datasink) commits each subject into the store (one writer per subject, shards
 never shared); the driver finalises the store (table, then manifest) when every
@@ -41,7 +43,7 @@ class RunSpec:
     bundle: str
     out: str
     settings: SamplerSettings
-    batch_size: int = 4
+    batch_size: int = 8  # the most plan rows of one work unit (one pipeline call)
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # None: an equal share of the cluster's CPUs (CPU runs), 1 (GPU runs)
@@ -82,9 +84,17 @@ def sampling_stages(source: str | None) -> tuple[str, ...]:
     return ("vae", "motion") if source else ("vae", "anatomy", "motion")
 
 
-def plan_groups(n_rows: int, batch_size: int) -> list[list[int]]:
-    """Fixed groups of consecutive plan rows: the unit of work, identical across resumed runs."""
-    return [list(range(s, min(s + batch_size, n_rows))) for s in range(0, n_rows, batch_size)]
+def work_unit_count(n_rows: int, workers: int, batch_size: int) -> int:
+    """How many groups to split a plan into: a multiple of `workers` (every actor gets as many groups, so none
+    idles while another works through a last group alone), of at most `batch_size` rows each."""
+    rounds = -(-n_rows // (workers * batch_size))  # ceil: groups per actor
+    return min(n_rows, workers * rounds)
+
+
+def plan_groups(n_rows: int, n_groups: int) -> list[list[int]]:
+    """`n_groups` fixed groups of consecutive plan rows whose sizes differ by one at most: the unit of work,
+    identical across resumed runs."""
+    return [part.tolist() for part in np.array_split(np.arange(n_rows), n_groups)]
 
 
 def work_units(plan: pd.DataFrame, groups: list[list[int]]) -> list[pd.DataFrame]:
@@ -92,10 +102,11 @@ def work_units(plan: pd.DataFrame, groups: list[list[int]]) -> list[pd.DataFrame
     return [plan.iloc[group].assign(**{GROUP: k}) for k, group in enumerate(groups)]
 
 
-def run_attributes(spec: RunSpec, threads: int) -> dict:
-    """Store attributes that pin down the output: sampler settings, grouping, torch threads per actor (the
-    float rounding of a UNet call depends on them) and the bundle's identity."""
-    attrs = {"sampler": {**asdict(spec.settings), "batch_size": spec.batch_size, "threads": threads},
+def run_attributes(spec: RunSpec, threads: int, work_units: int) -> dict:
+    """Store attributes that pin down the output: sampler settings, grouping (the groups of a UNet call and the
+    torch threads per actor both change its float rounding) and the bundle's identity."""
+    attrs = {"sampler": {**asdict(spec.settings), "batch_size": spec.batch_size, "work_units": work_units,
+                         "threads": threads},
              "bundle": {"path": spec.bundle, "sha256": sha256_file(Path(spec.bundle) / BUNDLE_FILE),
                         "code_version": read_config(spec.bundle)["code_version"]}}
     if spec.source is not None:
@@ -126,8 +137,9 @@ def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bo
         remove(url)  # a replacement that was started and never resumed
     bundle_preset = PRESETS[read_config(spec.bundle)["preset"]]
     threads = actor_threads(spec.cpus_per_worker) if spec.cpus_per_worker else cpu_share(spec)
+    units = work_unit_count(len(plan), spec.workers, spec.batch_size)
     writer = StoreWriter.create(url, n_subjects=len(plan), preset=bundle_preset, kind="synthetic",
-                                max_frames=int(plan["frames"].max()), attrs=run_attributes(spec, threads))
+                                max_frames=int(plan["frames"].max()), attrs=run_attributes(spec, threads, units))
     plan.to_parquet(join(writer.root, PLAN_FILE), index=False, filesystem=writer.fs)
     return writer
 
@@ -143,7 +155,9 @@ def reopen_run(spec: RunSpec, plan: pd.DataFrame) -> StoreWriter:
         raise StoreError(f"{spec.out}: --resume with a different plan than the one the store was started with")
     stored = writer.attrs.get("sampler", {})
     threads = actor_threads(spec.cpus_per_worker) if spec.cpus_per_worker else stored.get("threads")
-    attrs = run_attributes(spec, threads)  # default CPUs: the resumed run keeps the threads it started with
+    # Default CPUs: the resumed run keeps the threads it started with; and always its groups (another worker
+    # count would otherwise regroup the rows).
+    attrs = run_attributes(spec, threads, stored.get("work_units"))
     if stored != attrs["sampler"]:
         raise StoreError(f"{spec.out}: --resume with sampler settings {attrs['sampler']}, but the store was"
                          f" started with {stored}")
@@ -173,7 +187,7 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     if writer.fs.exists(join(writer.root, "manifest.json")):
         return summarize(spec.out, 0, time.perf_counter() - start)
     done = writer.committed()
-    todo = [g for g in plan_groups(len(plan), spec.batch_size) if not set(g) <= done]
+    todo = [g for g in plan_groups(len(plan), writer.attrs["sampler"]["work_units"]) if not set(g) <= done]
     if todo:
         connect()
         threads = writer.attrs["sampler"]["threads"]
