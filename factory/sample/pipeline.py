@@ -35,8 +35,10 @@ class SamplerSettings:
     """How to sample: scheduler name (factory.models.schedulers.SAMPLERS), steps and guidance scale per stage,
     gate bound, frames per UNet call."""
 
-    scheduler: str = "dpm++"  # DPM-Solver++ at 15 steps: the r of DDIM-30 at half the cost (benchmarks/sampling.py)
-    steps: int = 15  # anatomy LDM
+    # UniPC at 10 steps: the r, myocardial volume CV and frame-to-frame Dice of DDIM-30 at a third of the UNet
+    # evaluations (benchmarks/sampling.py, README "Status"); guidance 1 on the motion LDM lost the ESV / EF r.
+    scheduler: str = "unipc"
+    steps: int = 10  # anatomy LDM
     motion_steps: int | None = None  # motion LDM; None: `steps`
     guidance: float = 3.0  # anatomy LDM
     motion_guidance: float = 3.0  # motion LDM
