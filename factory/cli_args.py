@@ -29,6 +29,18 @@ def non_negative_int(text: str) -> int:
     return _number(text, int, ">= 0", lambda v: v >= 0)
 
 
+def worker_range(text: str) -> tuple[int, int]:
+    """`N` (a fixed pool of N actors) or `MIN-MAX` (an autoscaling pool of MIN to MAX), 1 <= MIN <= MAX."""
+    low, sep, high = text.partition("-")
+    try:
+        bounds = (positive_int(low), positive_int(high)) if sep else (positive_int(text),) * 2
+    except argparse.ArgumentTypeError:
+        bounds = None
+    if bounds is None or bounds[0] > bounds[1]:
+        raise argparse.ArgumentTypeError(f"must be N or MIN-MAX with 1 <= MIN <= MAX, got {text!r}")
+    return bounds
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0: a resource share such as CPUs per worker."""
     return _number(text, float, "> 0", lambda v: v > 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from factory.bundle import read_config  # noqa: E402
-from factory.cli_args import non_negative_float, positive_float, positive_int  # noqa: E402
+from factory.cli_args import non_negative_float, positive_float, positive_int, worker_range  # noqa: E402
 from factory.errors import exit_status  # noqa: E402
 from factory.sample.cli import (add_plan_arguments, add_sampler_arguments, plan_from_args,  # noqa: E402
                                 settings_from_args)
@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output store: local path or fsspec URL (s3://...)")
     add_plan_arguments(parser, with_preset=False)  # the preset is the bundle's
     add_sampler_arguments(parser)
-    parser.add_argument("--workers", type=positive_int, default=1, help="sampler actors (one model copy each)")
+    parser.add_argument("--workers", type=worker_range, default=(1, 1),
+                        help="sampler actors (one model copy each): N, or MIN-MAX for a pool that grows with the"
+                             " cluster (an autoscaling cluster adds nodes for it); the plan is grouped for MAX")
     parser.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0,
                         help="GPUs per sampler actor (0 = CPU)")
     parser.add_argument("--cpus-per-worker", type=positive_float,
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     """Draw the plan, generate it into --out, and print the run's summary and where the store is."""
     plan = plan_from_args(args, read_config(args.bundle))
     spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
-                   workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                   min_workers=args.workers[0], workers=args.workers[1], gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
                    source=args.source)
     summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))

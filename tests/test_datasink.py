@@ -14,7 +14,7 @@ from ray.data.block import BlockAccessor
 from factory.bundle import load_bundle
 from factory.errors import StoreError
 from factory.presets import get_preset
-from factory.sample.job import (DEMO_BUNDLE, GROUP, RunSpec, plan_groups, prepare_store, work_unit_count,
+from factory.sample.job import (DEMO_BUNDLE, GROUP, RunSpec, actor_pool, plan_groups, prepare_store, work_unit_count,
                                 work_units)
 from factory.sample.pipeline import CinePipeline, SamplerSettings
 from factory.sample.plan import make_plan
@@ -91,6 +91,17 @@ def test_every_actor_gets_as_many_work_units(n, workers, batch_size, sizes):
     groups = plan_groups(n, work_unit_count(n, workers, batch_size))
     assert [len(g) for g in groups] == sizes and sum(groups, []) == list(range(n))
     assert len(groups) % workers == 0 or len(groups) == n
+
+
+def test_an_autoscaling_pool_is_grouped_for_its_most_actors(tmp_path):
+    out, plan = str(tmp_path / "syn.zarr"), make_plan(10, TINY, seed=0, frames=3)
+    spec = RunSpec(bundle=str(DEMO_BUNDLE), out=out, settings=SamplerSettings(), batch_size=8, workers=2,
+                   min_workers=1, cpus_per_worker=1)
+    pool = actor_pool(spec)
+    assert (pool.min_size, pool.max_size) == (1, 2)
+    fixed = actor_pool(replace(spec, min_workers=None))
+    assert fixed.min_size == fixed.max_size == 2
+    assert prepare_store(spec, plan, resume=False, overwrite=False).attrs["sampler"]["work_units"] == 2
 
 
 def test_a_resumed_run_keeps_its_work_units(tmp_path):

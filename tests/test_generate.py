@@ -223,13 +223,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bundle):
     """Determinism and resumability: a killed + resumed run equals an uninterrupted one, bit for bit.
 
     The killed run replaces an earlier store (--overwrite): it is built beside it, the earlier store stays
-    intact until the resumed run finishes, then the new store takes its place.
+    intact until the resumed run finishes, then the new store takes its place. The reference runs on an
+    autoscaling pool of 1-2 actors: how many actors ran changes nothing.
     """
     reference, resumed = tmp_path / "reference.zarr", tmp_path / "resumed.zarr"
-    subprocess.run(generate_cmd(bundle, reference), env=env(), check=True, capture_output=True, timeout=900)
+    subprocess.run(generate_cmd(bundle, reference, "--workers", "1-2", "--cpus-per-worker", "1"), env=env(),
+                   check=True, capture_output=True, timeout=900)
     write_store(resumed, n=3, kind="synthetic")  # the earlier store that the run replaces
 
-    job = subprocess.Popen(generate_cmd(bundle, resumed, "--workers", "1", "--overwrite"), env=env(),
+    job = subprocess.Popen(generate_cmd(bundle, resumed, "--workers", "1", "--cpus-per-worker", "1", "--overwrite"), env=env(),
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staging = tmp_path / ".resumed.zarr.partial"
     rows = staging / "rows"

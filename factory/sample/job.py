@@ -44,7 +44,8 @@ class RunSpec:
     out: str
     settings: SamplerSettings
     batch_size: int = 8  # the most plan rows of one work unit (one pipeline call)
-    workers: int = 1
+    workers: int = 1  # the most sampler actors; the plan's work units are grouped for this many
+    min_workers: int | None = None  # the fewest (an autoscaling pool from min_workers to workers); None: workers
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # None: an equal share of the cluster's CPUs (CPU runs), 1 (GPU runs)
     source: str | None = None  # a cohort store whose subjects the plan animates (rows name them in source_subject)
@@ -193,7 +194,7 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
         threads = writer.attrs["sampler"]["threads"]
         # One block per work unit, used whole as an actor's batch (batch_size=None): a group is never split.
         subjects = ray.data.from_pandas(work_units(plan, todo)).map_batches(
-            SamplerActor, batch_size=None, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=spec.workers),
+            SamplerActor, batch_size=None, batch_format="pandas", compute=actor_pool(spec),
             num_cpus=spec.cpus_per_worker or threads, num_gpus=spec.gpus_per_worker,
             fn_constructor_kwargs={"bundle": spec.bundle, "settings": asdict(spec.settings), "threads": threads,
                                    "source": spec.source})
@@ -207,14 +208,24 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
     return summarize(spec.out, sum(len(g) for g in todo), time.perf_counter() - start)
 
 
+def actor_pool(spec: RunSpec) -> ray.data.ActorPoolStrategy:
+    """The sampler actor pool: fixed at `workers`, or autoscaling from `min_workers` to `workers`. The output does
+    not depend on how many actors ran: groups, seeds and threads are fixed when the store is created."""
+    low = spec.workers if spec.min_workers is None else spec.min_workers
+    if low == spec.workers:
+        return ray.data.ActorPoolStrategy(size=spec.workers)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=spec.workers)
+
+
 def actor_threads(cpus_per_worker: float) -> int:
     """Torch threads of an actor that Ray gives `cpus_per_worker` CPUs (a fraction still runs one)."""
     return max(1, int(cpus_per_worker))
 
 
 def cpu_share(spec: RunSpec) -> int:
-    """CPUs per sampler actor by default: on CPU runs an equal share of the cluster's CPUs, at most one
-    node's worth (an actor runs on one node); on GPU runs 1 (the GPU does the work)."""
+    """CPUs per sampler actor by default: on CPU runs an equal share of the cluster's CPUs among the most
+    actors, at most one node's worth (an actor runs on one node); on GPU runs 1 (the GPU does the work). An
+    autoscaling cluster that starts small should be given --cpus-per-worker (its nodes are not up yet)."""
     if spec.gpus_per_worker > 0:
         return 1
     connect()
