@@ -202,10 +202,12 @@ def generate(spec: RunSpec, plan: pd.DataFrame, resume: bool = False, overwrite:
         # every CPU of a small node, and subjects would pile up in the object store until the end.
         with unwrapped():
             subjects.write_datasink(ZarrDatasink(writer.url), ray_remote_args={"num_cpus": 0})
+    finalize_start = time.perf_counter()
     writer.finalize()
     if writer.url != spec.out:
         swap(writer.url, spec.out)  # the finished replacement takes the earlier store's place
-    return summarize(spec.out, sum(len(g) for g in todo), time.perf_counter() - start)
+    end = time.perf_counter()
+    return summarize(spec.out, sum(len(g) for g in todo), end - start) | {"finalize_s": round(end - finalize_start, 2)}
 
 
 def actor_pool(spec: RunSpec) -> ray.data.ActorPoolStrategy:
