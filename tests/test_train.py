@@ -109,6 +109,26 @@ def test_rerun_resumes_the_killed_stage_and_keeps_finished_ones(trained):
     assert stages["teacher"]["starts"] == [0] and stages["anatomy"]["starts"] == [0]
 
 
+@pytest.mark.parametrize("state, problem", [({"step": 2, "latent_scale": 1.0}, "latest checkpoint is at step 2"),
+                                             ({"step": 3}, "has no latent_scale")])
+def test_a_stage_that_cannot_be_finished_from_its_checkpoint_is_refused(tmp_path, state, problem):
+    """--steps below a resumed checkpoint, or equal to a longer run's mid-run one (no scale factor yet): one clear
+    error naming the bundle, never a KeyError."""
+    import ray.train
+
+    from factory.train.config import stage_config
+    from factory.train.runner import TrainOptions, export_stage
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "state.json").write_text(json.dumps({**state, "starts": [0], "metrics": {}}))
+    cfg = stage_config("vae", "tiny", cohort="unused.zarr", bundle=str(tmp_path / "bundle"), work=str(tmp_path),
+                       steps=3)
+    with pytest.raises(BundleError, match=problem) as err:
+        export_stage(cfg, ray.train.Checkpoint.from_directory(str(tmp_path / "ckpt")), 1.0,
+                     TrainOptions(cohort="unused.zarr", out=str(tmp_path / "bundle")))
+    assert str(tmp_path / "bundle") in str(err.value)
+
+
 # -- checkpoint state and augmentation (no Ray) --------------------------------------------------------
 def test_checkpoint_round_trip_restores_optimizer_and_ema(tmp_path):
     from diffusers.training_utils import EMAModel

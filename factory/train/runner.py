@@ -140,10 +140,17 @@ def export_stage(cfg: StageConfig, checkpoint: ray.train.Checkpoint | None, wall
     with checkpoint.as_directory() as directory:
         state = json.loads((Path(directory) / STATE_FILE).read_text())
         if state["step"] != cfg.steps:
-            raise RuntimeError(f"[{cfg.stage}] latest checkpoint is at step {state['step']}, not {cfg.steps}")
+            raise BundleError(f"{cfg.bundle}: [{cfg.stage}] its latest checkpoint is at step {state['step']}, "
+                              f"not --steps {cfg.steps}: rerun with --steps {state['step']} or into a fresh --out")
+        scale = SCALE_FACTORS.get(cfg.stage)
+        if scale is not None and scale not in state:
+            # A longer run's mid-run checkpoint: the scale factor is only measured at a run's last step.
+            raise BundleError(f"{cfg.bundle}: [{cfg.stage}] the checkpoint of step {cfg.steps} was written in the "
+                              f"middle of a longer run and has no {scale}: rerun with that run's --steps "
+                              f"(above {cfg.steps}) or into a fresh --out")
         n_vendors = len(read_config(cfg.bundle).get("vendors") or [])
         tensors = export_weights(directory, cfg.stage, build_model(get_preset(cfg.preset), cfg.stage, n_vendors))
-    updates = {SCALE_FACTORS[cfg.stage]: state[SCALE_FACTORS[cfg.stage]]} if cfg.stage in SCALE_FACTORS else {}
+    updates = {scale: state[scale]} if scale is not None else {}
     info = {"steps": state["step"], "batch_size": cfg.batch_size, "lr": cfg.lr, "loss_weights": cfg.loss,
             "workers": options.workers, "gpus_per_worker": options.gpus_per_worker, "starts": state["starts"],
             "wall_s": round(wall_s, 1), "metrics": state["metrics"]}
