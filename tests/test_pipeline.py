@@ -11,7 +11,9 @@ from factory.bundle import load_bundle
 from factory.errors import InputError
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import get_preset
+from factory.record import cycle_phase
 from factory.sample.job import DEMO_BUNDLE
+from factory.sample.keyframes import interpolate, keyframes
 from factory.sample.pipeline import CinePipeline, SamplerSettings
 from factory.sample.plan import make_plan
 from factory.sample.tolerance import Bound, parse_tolerance
@@ -133,3 +135,48 @@ def test_one_scheduler_instance_serves_every_call(kind):
     fresh = CinePipeline.from_bundle(bundle, SamplerSettings(scheduler=kind))
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     torch.testing.assert_close(first, fresh.denoise(fresh.anatomy, noise, cond, 3.0, 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frames, es, k", [(25, 9, 6), (25, 9, 2), (30, 12, 8), (10, 8, 3), (4, 2, 2)])
+def test_keyframes_hold_es_and_the_last_frame_and_at_most_k(frames, es, k):
+    keys = keyframes(cycle_phase(frames, es), es, k)
+    assert es in keys and frames - 1 in keys and len(keys) <= k and keys == sorted(set(keys)) and keys[0] >= 1
+
+
+@pytest.mark.parametrize("k", [0, 24, 40])
+def test_keyframes_zero_or_covering_the_cycle_are_every_frame(k):
+    assert keyframes(cycle_phase(25, 9), 9, k) == list(range(1, 25))
+
+
+def test_one_keyframe_is_refused():
+    with pytest.raises(InputError, match="at least 2"):
+        SamplerSettings(motion_keyframes=1)
+
+
+def test_interpolation_is_linear_in_phase_and_keeps_the_keyframes():
+    phase = cycle_phase(12, 4)
+    keys = keyframes(phase, 4, 4)
+    truth = torch.from_numpy(np.where(phase <= 100, phase, 200 - phase)).float()[:, None] * torch.ones(1, 3)
+    sampled = torch.where(torch.isin(torch.arange(12), torch.tensor(keys))[:, None], truth, torch.nan)
+    sampled[0] = 0.0
+    out = interpolate(sampled, phase, keys)
+    torch.testing.assert_close(out[keys], truth[keys])
+    assert torch.isfinite(out).all()
+    # piecewise linear truth with a kink at ES, which is a keyframe: reproduced exactly between keyframes
+    torch.testing.assert_close(out, truth)
+
+
+def test_motion_keyframes_denoise_k_frames_and_keep_the_es_residual(pipeline, monkeypatch):
+    rows = make_plan(2, get_preset("tiny"), seed=3, frames=8)
+    cond = pipeline.conditions(rows)
+    z_ed = pipeline.noise(list(rows["seed"]), 0)
+    every = pipeline.sample_motion(rows, cond, z_ed)
+    batches: list[int] = []
+    monkeypatch.setattr(pipeline, "settings", SamplerSettings(steps=2, motion_keyframes=3))
+    monkeypatch.setattr(pipeline, "motion", counted(pipeline.motion, batches))
+    keyed = pipeline.sample_motion(rows, cond, z_ed)
+    assert batches == [2 * 3 * 2] * 2, "2 subjects x 3 keyframes x 2 guidance branches, per step"
+    for row, full, fewer in zip(rows.itertuples(), every, keyed):
+        keys = keyframes(cycle_phase(8, int(row.es_frame)), int(row.es_frame), 3)
+        torch.testing.assert_close(fewer[keys], full[keys], rtol=1e-3, atol=1e-3)
+        assert not torch.allclose(fewer, full), "the frames between keyframes are interpolated, not denoised"

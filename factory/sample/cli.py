@@ -55,6 +55,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="denoising steps of the anatomy LDM (and of the motion LDM without --motion-steps)")
     parser.add_argument("--motion-steps", type=positive_int, default=defaults.motion_steps,
                         help="denoising steps of the motion LDM (default: --steps)")
+    parser.add_argument("--motion-keyframes", type=non_negative_int, default=defaults.motion_keyframes,
+                        help="frames per cycle the motion LDM denoises, ES and the last frame among them; the"
+                             " others are interpolated in phase between them (0 = every frame)")
     parser.add_argument("--guidance", type=non_negative_float, default=defaults.guidance,
                         help="classifier-free guidance scale of the anatomy LDM (1 = conditional branch only)")
     parser.add_argument("--motion-guidance", type=non_negative_float, default=defaults.motion_guidance,
@@ -126,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
     """The sampler settings of parsed arguments (their ranges are checked by argparse)."""
     parse_tolerance(args.tolerance)  # refuses a malformed tolerance before anything runs
     return SamplerSettings(scheduler=args.scheduler, steps=args.steps, motion_steps=args.motion_steps,
+                           motion_keyframes=args.motion_keyframes,
                            guidance=args.guidance,
                            motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts,
                            tolerance=args.tolerance, max_motion_attempts=args.tolerance_attempts)

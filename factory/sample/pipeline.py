@@ -19,11 +19,12 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from factory.data.clinical import ejection_fraction, label_volumes_ml, measure
 from factory.data.gate import check_ed_mask
-from factory.errors import BundleError
+from factory.errors import BundleError, InputError
 from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids, vendor_ids
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
+from factory.sample.keyframes import interpolate, keyframes
 from factory.sample.tolerance import Bound, parse_tolerance, within
 from factory.vocabulary import derive_seed
 
@@ -36,7 +37,8 @@ class SamplerSettings:
     gate bound, frames per UNet call."""
 
     # UniPC at 10 steps: the r, myocardial volume CV and frame-to-frame Dice of DDIM-30 at a third of the UNet
-    # evaluations (benchmarks/sampling.py, README "Status"); guidance 1 on the motion LDM lost the ESV / EF r.
+    # evaluations; 8 motion keyframes keep them again at a third of the rest (benchmarks/sampling.py, README
+    # "Status"); guidance 1 on the motion LDM lost the ESV / EF r.
     scheduler: str = "unipc"
     steps: int = 10  # anatomy LDM
     motion_steps: int | None = None  # motion LDM; None: `steps`
@@ -46,6 +48,12 @@ class SamplerSettings:
     tolerance: str = ""  # e.g. "ef=5,edv=10%" (factory.sample.tolerance); "" = none
     max_motion_attempts: int = 4  # bound of the motion resampling of an ESV / EF tolerance
     frames_per_call: int = 64
+    motion_keyframes: int = 8  # frames per cycle the motion LDM denoises (factory.sample.keyframes); 0: all
+
+    def __post_init__(self) -> None:
+        if self.motion_keyframes == 1 or self.motion_keyframes < 0:
+            raise InputError(f"motion keyframes {self.motion_keyframes}: give 0 (every frame) or at least 2"
+                             " (ES and the last frame)")
 
     @property
     def motion_denoising_steps(self) -> int:
@@ -247,11 +255,14 @@ class CinePipeline:
                       z_ed: torch.Tensor, attempt: int = 0) -> list[torch.Tensor]:
         """Residual latents r_t for every frame of every row; frame 0 is ED (r_0 = 0).
 
-        All (subject, frame) pairs are denoised together in calls of `frames_per_call`; frames of one
-        subject share one initial noise, which keeps the sequence coherent.
+        All (subject, keyframe) pairs are denoised together in calls of `frames_per_call`; frames of one
+        subject share one initial noise, which keeps the sequence coherent. Frames that are not keyframes
+        (`motion_keyframes`; 0: every frame is one) are interpolated in phase between them.
         """
-        phases = [cycle_phase(int(r.frames), int(r.es_frame)) for r in rows.itertuples(index=False)]
-        pairs = [(i, t) for i, p in enumerate(phases) for t in range(1, len(p))]
+        records = list(rows.itertuples(index=False))
+        phases = [cycle_phase(int(r.frames), int(r.es_frame)) for r in records]
+        keys = [keyframes(p, int(r.es_frame), self.settings.motion_keyframes) for p, r in zip(phases, records)]
+        pairs = [(i, t) for i, frames in enumerate(keys) for t in frames]
         shared = self.noise(list(rows["seed"]), MOTION_STREAM + attempt)
         residuals = [torch.zeros((len(p), *self.preset.latent_shape), device=self.device) for p in phases]
         step = self.settings.frames_per_call
@@ -264,7 +275,7 @@ class CinePipeline:
                              self.settings.motion_denoising_steps, z_ed=z_ed[who] * self.latent_scale, phase=phase)
             for (i, t), r_t in zip(chunk, r):
                 residuals[i][t] = r_t / self.residual_scale
-        return residuals
+        return [interpolate(r, p, k) for r, p, k in zip(residuals, phases, keys)]
 
     @torch.no_grad()
     def assemble(self, row, z_ed: torch.Tensor, residual: torch.Tensor, attempts: int,
