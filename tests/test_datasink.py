@@ -114,3 +114,16 @@ def test_a_resumed_run_keeps_its_work_units(tmp_path):
     assert resumed.attrs["sampler"]["work_units"] == 4
     with pytest.raises(StoreError, match="sampler settings"):
         prepare_store(replace(spec, batch_size=2), plan, resume=True, overwrite=False)
+
+
+def test_a_run_started_before_motion_keyframes_resumes_with_every_frame(tmp_path):
+    """A store whose sampler settings predate `motion_keyframes` was sampled with every frame (0): resuming
+    it so works, and the new default is refused with a message that names the setting and both values."""
+    out, plan = str(tmp_path / "syn.zarr"), make_plan(10, TINY, seed=0, frames=3)
+    spec = RunSpec(bundle=str(DEMO_BUNDLE), out=out, settings=SamplerSettings(motion_keyframes=0), batch_size=4,
+                   workers=2, cpus_per_worker=1)
+    writer = prepare_store(spec, plan, resume=False, overwrite=False)
+    writer.group.attrs["sampler"] = {k: v for k, v in writer.attrs["sampler"].items() if k != "motion_keyframes"}
+    assert prepare_store(spec, plan, resume=True, overwrite=False).attrs["sampler"].get("motion_keyframes") is None
+    with pytest.raises(StoreError, match=r"motion_keyframes 8 \(the store: 0\)$"):
+        prepare_store(replace(spec, settings=SamplerSettings()), plan, resume=True, overwrite=False)

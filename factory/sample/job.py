@@ -32,6 +32,9 @@ from factory.store.reader import open_store
 from factory.store.writer import StoreWriter
 
 PLAN_FILE = "plan.parquet"
+# Sampler settings added after stores were first written, at the value those stores' runs used: a run started
+# before a setting existed resumes with it set so (e.g. --motion-keyframes 0).
+SETTINGS_ADDED = {"motion_keyframes": 0}
 GROUP = "work_unit"  # column that tags the plan rows a Ray Data block carries with their group
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "demo"  # shipped with the package
 
@@ -154,14 +157,16 @@ def reopen_run(spec: RunSpec, plan: pd.DataFrame) -> StoreWriter:
     stored = pd.read_parquet(join(writer.root, PLAN_FILE), filesystem=writer.fs)
     if not stored.reset_index(drop=True).equals(plan.reset_index(drop=True)):
         raise StoreError(f"{spec.out}: --resume with a different plan than the one the store was started with")
-    stored = writer.attrs.get("sampler", {})
+    stored = {**SETTINGS_ADDED, **writer.attrs.get("sampler", {})}
     threads = actor_threads(spec.cpus_per_worker) if spec.cpus_per_worker else stored.get("threads")
     # Default CPUs: the resumed run keeps the threads it started with; and always its groups (another worker
     # count would otherwise regroup the rows).
     attrs = run_attributes(spec, threads, stored.get("work_units"))
-    if stored != attrs["sampler"]:
-        raise StoreError(f"{spec.out}: --resume with sampler settings {attrs['sampler']}, but the store was"
-                         f" started with {stored}")
+    differ = sorted(k for k in stored.keys() | attrs["sampler"].keys() if stored.get(k) != attrs["sampler"].get(k))
+    if differ:
+        raise StoreError(f"{spec.out}: --resume with other sampler settings than the store was started with: "
+                         + ", ".join(f"{k} {attrs['sampler'].get(k)!r} (the store: {stored.get(k)!r})"
+                                     for k in differ))
     if writer.attrs.get("bundle", {}).get("sha256") != attrs["bundle"]["sha256"]:
         raise StoreError(f"{spec.out}: --resume with another model bundle than the store was started with")
     if writer.attrs.get("animated_from") != attrs.get("animated_from"):

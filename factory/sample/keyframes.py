@@ -26,14 +26,15 @@ def keyframes(phase: np.ndarray, es_frame: int, k: int) -> list[int]:
     targets[np.argmin(np.abs(targets[:-1] - PHASE_ES))] = phase[es_frame]
     return sorted({int(np.argmin(np.abs(phase[1:] - target))) + 1 for target in targets})
 
+
 def interpolate(residual: torch.Tensor, phase: np.ndarray, keys: list[int]) -> torch.Tensor:
     """`residual` (T, ...) with every frame outside `keys` (and ED) replaced by the linear interpolation in
-    phase between its neighbouring keyframes (ED's residual, 0, is the first)."""
-    known = [0, *keys]
-    out = residual.clone()
-    for t in range(1, len(phase)):
-        if t in keys:
-            continue
+    phase between its neighbouring keyframes (ED's residual, 0, is the first); itself when none is missing."""
+    missing = [t for t in range(1, len(phase)) if t not in keys]
+    if not missing:
+        return residual
+    known, out = [0, *keys], residual.clone()
+    for t in missing:
         right = next(j for j in known if j > t)
         left = max(j for j in known if j < t)
         w = float((phase[t] - phase[left]) / (phase[right] - phase[left]))
