@@ -116,11 +116,16 @@ def check_output(url: str | Path, *, overwrite: bool, accept: Iterable[str], inp
                          f" cine-factory, and this path holds {what}; remove it yourself or choose another output path")
 
 
-def staging_path(url: str | Path) -> str:
-    """The sibling a replacement of `url` is built in (fixed, so an interrupted job can find and resume it)."""
+def hidden_sibling(url: str | Path, suffix: str) -> str:
+    """`data/out` -> `data/.out.<suffix>`: a fixed hidden path beside an output, where a job keeps its unfinished work."""
     url = str(url).rstrip("/")
     parent, _, name = url.rpartition("/")
-    return f"{parent}/.{name}.partial" if parent else f".{name}.partial"
+    return f"{parent}/.{name}.{suffix}" if parent else f".{name}.{suffix}"
+
+
+def staging_path(url: str | Path) -> str:
+    """The sibling a replacement of `url` is built in (fixed, so an interrupted job can find and resume it)."""
+    return hidden_sibling(url, "partial")
 
 
 def remove(url: str | Path) -> None:

@@ -155,6 +155,7 @@ def test_toy_evaluation_end_to_end(tmp_path, local_ray):
     downstream = ["--downstream", "--regime", "scarce", "--bundle", stores["bundle"], "--seeds", "2", "--steps", "4",
                   "--val-every", "2", "--patience", "1", "--batch-size", "2"]
     assert main(argv + downstream) == 0
+    assert not (tmp_path / ".eval.runs").exists(), "the finished runs are removed once the report holds them"
     text = (out / "report.json").read_text()
     report = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in report.json"))
     assert {"controllability", "coherence", "downstream"} <= set(report)
@@ -200,6 +201,37 @@ def test_toy_evaluation_end_to_end(tmp_path, local_ray):
         assert (out / figure).is_file(), figure
 
     assert main(argv) == 2, "a non-empty --out is refused"
+
+
+@pytest.mark.slow
+def test_an_interrupted_downstream_experiment_resumes_with_its_finished_runs(tmp_path, local_ray, capsys):
+    from factory.evaluate.downstream import DownstreamSpec, downstream, plan_downstream
+    from factory.evaluate.finished_runs import FinishedRuns
+    from factory.evaluate.generator import generator_training
+    from factory.store.reader import open_store
+
+    stores = scarce_inputs(tmp_path)
+    generator = generator_training(open_store(stores["synthetic"]), open_store(stores["cohort"]), stores["bundle"])
+
+    def run(resume: bool, steps: int = 2) -> tuple[dict, str]:
+        spec = DownstreamSpec(arms=("real", "synthetic"), seeds=1, steps=steps, val_every=1, patience=1, batch_size=2)
+        plan = plan_downstream(stores["cohort"], stores["synthetic"], stores["test"], spec, generator, seed=0)
+        section = downstream(plan, 20, 0, FinishedRuns(tmp_path / "eval"), resume)
+        return section, capsys.readouterr().out
+
+    first, printed = run(resume=False)
+    folder = FinishedRuns(tmp_path / "eval").folder
+    assert printed.count("] arm ") == 2 and sorted(p.name for p in folder.iterdir()) == [
+        "real-seed0.json", "synthetic-seed0.json"], "each finished run is saved as it finishes"
+    (folder / "synthetic-seed0.json").unlink()  # interrupted while the synthetic arm trained
+    again, printed = run(resume=True)
+    assert "1 of 2 runs reused" in printed and printed.count("] arm ") == 1, "only the unfinished run is trained"
+    same = [json.dumps(section["arms"], sort_keys=True, default=str) for section in (first, again)]
+    assert same[0] == same[1] and "resumed" in again["protocol"], "the same numbers as the uninterrupted run"
+    _, printed = run(resume=True, steps=3)
+    assert "0 of 2 runs reused" in printed and printed.count("] arm ") == 2, "another budget: nothing is reused"
+    _, printed = run(resume=False)
+    assert "discarding the finished runs" in printed and printed.count("] arm ") == 2
 
 
 def test_fvd_with_a_torchscript_extractor(tmp_path, toy_stores):

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the downstream runs an interrupted evaluation into the same --out finished"
+                             " (only with --downstream; runs whose inputs or settings differ are trained again)")
     group = parser.add_argument_group("downstream", "the cross-vendor segmentation experiment (only with --downstream)")
     group.add_argument("--downstream", action="store_true", help="run the cross-vendor segmentation experiment")
     group.add_argument("--regime", choices=list(REGIMES),
@@ -79,9 +82,9 @@ def downstream_spec(args: argparse.Namespace) -> DownstreamSpec | None:
     A downstream option without --downstream is refused: it would do nothing."""
     given = {f.name: getattr(args, f.name) for f in fields(DownstreamSpec) if getattr(args, f.name) is not None}
     if not args.downstream:
-        if given:
-            options = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-            raise InputError(f"{options}: only with --downstream")
+        options = [f"--{name.replace('_', '-')}" for name in given] + (["--resume"] if args.resume else [])
+        if options:
+            raise InputError(f"{', '.join(options)}: only with --downstream")
         return None
     return DownstreamSpec(**given)
 
@@ -98,6 +101,6 @@ def spec_from_args(args: argparse.Namespace) -> EvaluationSpec:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    report = evaluate(spec, overwrite=args.overwrite)
+    report = evaluate(spec, overwrite=args.overwrite, resume=args.resume)
     print(f"evaluation of {spec.synthetic} written to {spec.out}/report.md ({report['seconds']:.0f} s)")
     return 0

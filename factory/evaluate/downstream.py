@@ -14,7 +14,8 @@ Protocol (README "Evaluation"):
 - regime (`generator.REGIMES`): the scarce regime accepts only a generator that saw at most 20
   labeled subjects (the cohort's, counted on its training cohort, which --cohort must then be);
 - statistics (`statistics`): per structure and test vendor, over seeds; paired differences with
-  95 % intervals. Arms x seeds run as Ray tasks of one CPU each.
+  95 % intervals. Arms x seeds run as Ray tasks of one CPU each; each finished one is saved at once
+  (`finished_runs`), so an interrupted evaluation resumes with `--resume`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from factory.cluster import connect
 from factory.errors import InputError
 from factory.evaluate.arms import ARMS, Experiment, PoolSubject, arm_label, labeled_subjects
+from factory.evaluate.finished_runs import FinishedRuns, run_key
 from factory.evaluate.generator import REGIMES
 from factory.evaluate.pseudo_labels import pseudo_label_task
 from factory.evaluate.segmenter import predict_scores, train
@@ -210,29 +212,48 @@ def run_arm(experiment: Experiment, arm: str, seed: int, pseudo_masks: np.ndarra
     return {"arm": arm, "seed": seed, "training": record, **scores}
 
 
-def gather_with_progress(refs: list[ray.ObjectRef]) -> list[dict]:
-    """ray.get in submission order, printing a line as each (arm, seed) finishes (runs take minutes each)."""
-    start, pending, done = time.monotonic(), list(refs), {}
+def gather_with_progress(refs: dict[ray.ObjectRef, str], finished: FinishedRuns) -> list[dict]:
+    """Wait for every (arm, seed) task, saving each result under its key and printing a line as it finishes."""
+    start, pending, results = time.monotonic(), list(refs), []
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        done[ready[0]] = result = ray.get(ready[0])
+        result = ray.get(ready[0])
+        finished.save(result, refs[ready[0]])
+        results.append(result)
         print(f"[downstream] arm {result['arm']} seed {result['seed']} done: best step"
-              f" {result['training']['best_step']} of {result['training']['steps_run']} run ({len(done)}/{len(refs)},"
+              f" {result['training']['best_step']} of {result['training']['steps_run']} run ({len(results)}/{len(refs)},"
               f" {(time.monotonic() - start) / 60:.1f} min)", flush=True)
-    return [done[ref] for ref in refs]
+    return results
 
 
-def downstream(plan: Plan, n_boot: int, seed: int) -> dict:
-    """Run every arm x seed of `plan` as Ray tasks and return the `downstream` report section."""
-    connect()
-    pseudo = (pseudo_label_task.remote(plan.bundle, plan.experiment.cohort_store, list(plan.pseudo_subjects))
-              if "pseudo" in plan.spec.arms else None)
+def downstream(plan: Plan, n_boot: int, seed: int, finished: FinishedRuns, resume: bool = False) -> dict:
+    """Run every arm x seed of `plan` as Ray tasks and return the `downstream` report section.
+
+    Each finished (arm, seed) is saved in `finished`; with `resume`, those saved under the same key are
+    reused instead of trained again."""
     seed_list = list(range(seed, seed + plan.spec.seeds))
-    refs = [run_arm.remote(plan.experiment, arm, s, pseudo if arm == "pseudo" else None)
-            for arm in plan.spec.arms for s in seed_list]
-    results = gather_with_progress(refs)
+    runs = [(arm, s, run_key(plan.experiment, arm, s, plan.bundle)) for arm in plan.spec.arms for s in seed_list]
+    if not resume and finished.folder.exists():
+        print(f"[downstream] discarding the finished runs an interrupted evaluation left in {finished.folder}"
+              " (--resume reuses them)", flush=True)
+        finished.clear()
+    reused = {(arm, s): result for arm, s, key in runs if (result := finished.load(arm, s, key)) is not None}
+    todo = [(arm, s, key) for arm, s, key in runs if (arm, s) not in reused]
+    if resume:
+        print(f"[downstream] {len(reused)} of {len(runs)} runs reused from {finished.folder}", flush=True)
+    results = []
+    if todo:
+        connect()
+        pseudo = (pseudo_label_task.remote(plan.bundle, plan.experiment.cohort_store, list(plan.pseudo_subjects))
+                  if any(arm == "pseudo" for arm, _, _ in todo) else None)
+        refs = {run_arm.remote(plan.experiment, arm, s, pseudo if arm == "pseudo" else None): key
+                for arm, s, key in todo}
+        results = gather_with_progress(refs, finished)
+    done = {(r["arm"], r["seed"]): r for r in results} | reused
     protocol = {**plan.protocol, "seeds": seed_list}
     if len(seed_list) < MIN_SEEDS:
         protocol["note"] = f"{len(seed_list)} seed(s): the protocol asks for at least {MIN_SEEDS}"
+    if reused:
+        protocol["resumed"] = f"{len(reused)} of {len(runs)} (arm, seed) runs reused from an interrupted evaluation"
     return {"protocol": protocol, "cohort_split": plan.cohort_split,
-            **summarize(results, plan.frame_subject, plan.subject_vendor, n_boot, seed)}
+            **summarize([done[(arm, s)] for arm, s, _ in runs], plan.frame_subject, plan.subject_vendor, n_boot, seed)}

@@ -11,6 +11,7 @@ from factory.evaluate.coherence import mask_coherence
 from factory.evaluate.controllability import controllability
 from factory.evaluate.downstream import DownstreamSpec, downstream, plan_downstream
 from factory.evaluate.features import store_features
+from factory.evaluate.finished_runs import FinishedRuns
 from factory.evaluate.generator import check_regime, describe, generator_training
 from factory.evaluate.report import write_report
 from factory.evaluate.two_sample import classifier_two_sample_test
@@ -45,15 +46,17 @@ def recorded(settings: dict) -> dict:
     return {k: recorded(v) if isinstance(v, dict) else v for k, v in settings.items() if v is not None}
 
 
-def evaluate(spec: EvaluationSpec, overwrite: bool = False) -> dict:
-    """Evaluate `spec.synthetic` against `spec.cohort`, write report.json / report.md into `spec.out`."""
+def evaluate(spec: EvaluationSpec, overwrite: bool = False, resume: bool = False) -> dict:
+    """Evaluate `spec.synthetic` against `spec.cohort`, write report.json / report.md into `spec.out`.
+
+    `resume`: reuse the downstream runs an interrupted evaluation into the same `spec.out` finished."""
     start = time.perf_counter()
     inputs = [url for url in (spec.synthetic, spec.cohort, spec.test, spec.bundle, spec.i3d) if url]
     check_output(spec.out, overwrite=overwrite, accept=(KIND,), inputs=inputs)  # before hours of work
     cohort, synthetic = open_store(spec.cohort, kind="cohort"), open_store(spec.synthetic, kind="synthetic")
     test = open_store(spec.test, kind="cohort") if spec.test else None
     generator = generator_training(synthetic, cohort, spec.bundle)
-    plan = None
+    plan, finished = None, FinishedRuns(spec.out)
     if spec.downstream is not None:
         check_regime(spec.downstream.regime, generator)
         plan = plan_downstream(spec.cohort, spec.synthetic, spec.test, spec.downstream, generator, spec.seed)
@@ -73,8 +76,9 @@ def evaluate(spec: EvaluationSpec, overwrite: bool = False) -> dict:
     }
     if plan is not None:
         with unwrapped():  # a bad store found inside a Ray task is reported as itself
-            report["downstream"] = downstream(plan, spec.n_boot, spec.seed)
+            report["downstream"] = downstream(plan, spec.n_boot, spec.seed, finished, resume)
     report["seconds"] = round(time.perf_counter() - start, 1)
     with replacing(spec.out, KIND, overwrite=overwrite, inputs=inputs) as staging:
         write_report(report, synthetic.table, curves, staging)
+    finished.clear()  # the report holds them now
     return report
