@@ -213,8 +213,9 @@ def test_an_interrupted_downstream_experiment_resumes_with_its_finished_runs(tmp
     stores = scarce_inputs(tmp_path)
     generator = generator_training(open_store(stores["synthetic"]), open_store(stores["cohort"]), stores["bundle"])
 
-    def run(resume: bool, steps: int = 2) -> tuple[dict, str]:
-        spec = DownstreamSpec(arms=("real", "synthetic"), seeds=1, steps=steps, val_every=1, patience=1, batch_size=2)
+    def run(resume: bool, steps: int = 2, n_extra: int | None = None) -> tuple[dict, str]:
+        spec = DownstreamSpec(arms=("real", "synthetic"), seeds=1, steps=steps, val_every=1, patience=1, batch_size=2,
+                              n_extra=n_extra)
         plan = plan_downstream(stores["cohort"], stores["synthetic"], stores["test"], spec, generator, seed=0)
         section = downstream(plan, 20, 0, FinishedRuns(tmp_path / "eval"), resume)
         return section, capsys.readouterr().out
@@ -228,6 +229,8 @@ def test_an_interrupted_downstream_experiment_resumes_with_its_finished_runs(tmp
     assert "1 of 2 runs reused" in printed and printed.count("] arm ") == 1, "only the unfinished run is trained"
     same = [json.dumps(section["arms"], sort_keys=True, default=str) for section in (first, again)]
     assert same[0] == same[1] and "resumed" in again["protocol"], "the same numbers as the uninterrupted run"
+    _, printed = run(resume=True, n_extra=2)
+    assert "1 of 2 runs reused" in printed and "arm synthetic seed 0 done" in printed, "N changes only the synthetic arm"
     _, printed = run(resume=True, steps=3)
     assert "0 of 2 runs reused" in printed and printed.count("] arm ") == 2, "another budget: nothing is reused"
     _, printed = run(resume=False)

@@ -30,12 +30,19 @@ def runs_folder(out: str | Path) -> Path:
 
 
 def run_key(experiment: Experiment, arm: str, seed: int, bundle: str | None) -> str:
-    """SHA-256 of what the result of (arm, seed) depends on; a stored result is reused only under the same key."""
-    stores = sorted({experiment.cohort_store, experiment.test_store, *(s.store for s in experiment.synthetic)})
+    """SHA-256 of what the result of (arm, seed) depends on; a stored result is reused only under the same key.
+
+    Only what the arm reads counts (its pools, not the other arms'), so a run of the real arm, say, is
+    the same run whatever synthetic store the evaluation also compares."""
+    main, extra = experiment.pools(arm)
+    stores = sorted({experiment.cohort_store, experiment.test_store, *(s.store for s in main + extra)})
     tables = {url: (open_store(url).manifest or {}).get("table", {}).get("sha256") for url in stores}
-    pseudo_bundle = sha256_file(Path(bundle) / BUNDLE_FILE) if arm == "pseudo" and bundle else None
-    document = {"experiment": asdict(experiment), "arm": arm, "seed": seed, "tables": tables,
-                "bundle": pseudo_bundle, "code_version": code_version()}
+    settings = {k: v for k, v in asdict(experiment).items() if k not in ("real", "synthetic", "pseudo", "n_extra")}
+    if not extra:
+        settings.pop("extra_share")  # no extra pool: the share draws nothing
+    document = {"main": [asdict(s) for s in main], "extra": [asdict(s) for s in extra], "settings": settings,
+                "arm": arm, "seed": seed, "tables": tables, "code_version": code_version(),
+                "bundle": sha256_file(Path(bundle) / BUNDLE_FILE) if arm == "pseudo" and bundle else None}
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
 
