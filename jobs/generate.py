@@ -48,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Draw the plan, generate it into --out, and print the run's summary and where the store is."""
     plan = plan_from_args(args, read_config(args.bundle))
-    spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args), batch_size=args.batch_size,
+    spec = RunSpec(bundle=args.bundle, out=args.out, settings=settings_from_args(args, plan), batch_size=args.batch_size,
                    min_workers=args.workers[0], workers=args.workers[1], gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-                   source=args.source)
+                   source=args.source, noise_from=args.noise_from)
     summary = generate(spec, plan, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
     print(f"store: {Path(args.out).resolve() if '://' not in args.out else args.out}")

@@ -151,6 +151,7 @@ ONE_LINE_ERRORS = [
     ("generate", ["--out", "{tmp}/syn.zarr", "--plan", "{tmp}/bad.csv"], ["bad.csv", "row 2", "edv_ml 'abc'"]),
     ("generate", [*GENERATE, "--tolerance", "ef=-1"], ["--tolerance", "'ef=-1'", "> 0"]),
     ("generate", [*GENERATE, "--tolerance", "mass=3"], ["--tolerance", "'mass=3'", "NAME=LIMIT"]),
+    ("generate", [*GENERATE, "--noise-from", "{tmp}/none.zarr"], ["none.zarr"]),
 ]
 
 

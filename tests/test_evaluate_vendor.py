@@ -12,7 +12,8 @@ from factory.data.phantom import generate_subject
 from factory.data.phantom.subject import default_priors
 from factory.data.preprocess import preprocess
 from factory.evaluate.report import vendor_lines
-from factory.evaluate.vendor import HISTOGRAM_BINS, heart_region, vendor_fidelity, wasserstein
+from factory.data.noise import heart_region
+from factory.evaluate.vendor import HISTOGRAM_BINS, vendor_fidelity, wasserstein
 from factory.presets import get_preset
 from factory.store.fs import json_safe
 from factory.store.reader import open_store

@@ -180,3 +180,54 @@ def test_motion_keyframes_denoise_k_frames_and_keep_the_es_residual(pipeline, mo
         keys = keyframes(cycle_phase(8, int(row.es_frame)), int(row.es_frame), 3)
         torch.testing.assert_close(fewer[keys], full[keys], rtol=1e-3, atol=1e-3)
         assert not torch.allclose(fewer, full), "the frames between keyframes are interpolated, not denoised"
+
+
+def test_added_rician_noise_reads_back_as_its_level():
+    from factory.data.noise import add_rician_noise, noise_level
+
+    flat = np.full((6, 12, 48, 48), 0.2, np.float32)  # a bright, flat image: the added noise is all the estimate sees
+    for level in (0.017, 0.042):
+        noisy = add_rician_noise(flat, level, np.random.default_rng(1))
+        assert noise_level(noisy[0]) == pytest.approx(level, rel=0.1)
+        assert noisy.min() >= -1 and noisy.max() <= 1
+    np.testing.assert_array_equal(add_rician_noise(flat, 0.03, np.random.default_rng(1)),
+                                  add_rician_noise(flat, 0.03, np.random.default_rng(1)))
+    background = add_rician_noise(np.full((1, 4, 32, 32), -1.0, np.float32), 0.03, np.random.default_rng(1))
+    assert background.mean() > -1, "no signal: Rician noise is positive (as a magnitude image's is)"
+
+
+@pytest.mark.parametrize("text, message", [("B", "expected VENDOR=LEVEL"), ("B=x", "expected VENDOR=LEVEL"),
+                                           ("B=-0.1", "expected VENDOR=LEVEL"), ("=0.1", "expected VENDOR=LEVEL")])
+def test_bad_image_noise_settings_are_refused(text, message):
+    with pytest.raises(InputError, match=message):
+        SamplerSettings(image_noise=text)
+
+
+def test_image_noise_levels_are_measured_per_vendor_and_refused_for_an_absent_one(tmp_path):
+    from factory.sample.image_noise import format_image_noise, measure_vendor_noise, parse_image_noise
+    from store_builders import write_store
+
+    store = write_store(tmp_path / "cohort.zarr", n=4)  # vendors B, A, B, A
+    levels = parse_image_noise(measure_vendor_noise(store, ["A", "B"]))
+    assert set(levels) == {"A", "B"} and all(v >= 0 for v in levels.values())
+    assert parse_image_noise(format_image_noise(levels)) == pytest.approx(levels, abs=1e-4)
+    with pytest.raises(InputError, match="no frames of vendor C"):
+        measure_vendor_noise(store, ["C"])
+
+
+def test_image_noise_is_seeded_per_row_and_leaves_the_masks(pipeline, monkeypatch):
+    rows = make_plan(2, get_preset("tiny"), seed=4, frames=3).assign(vendor="B")
+
+    def subjects(noise: str):
+        monkeypatch.setattr(pipeline, "settings", SamplerSettings(steps=1, image_noise=noise))
+        return [g.subject for g in pipeline(rows)]
+
+    plain, noisy, again = subjects(""), subjects("B=0.04"), subjects("B=0.04")
+    for p, n, a in zip(plain, noisy, again):
+        np.testing.assert_array_equal(p.mask, n.mask)
+        np.testing.assert_array_equal(n.image, a.image)
+        real = n.slice_mask
+        assert 0.02 < np.std(n.image[:, real] - p.image[:, real]) < 0.1
+        assert (n.image[:, ~real] == -1).all(), "padding slices stay as preprocessing pads them"
+    with pytest.raises(InputError, match="no level for vendor 'B'"):
+        subjects("C=0.04")

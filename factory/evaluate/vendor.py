@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
+from factory.data.noise import heart_region, noise_level
 from factory.evaluate.classifier import SoftmaxClassifier
 from factory.models.conditioning import NO_VENDOR
 from factory.store.reader import Store
@@ -68,13 +69,6 @@ def named_vendor(value: object) -> str | None:
     return value.strip()
 
 
-def heart_region(image: np.ndarray, slices: np.ndarray) -> np.ndarray:
-    """The heart region of one (Z, H, W) frame: its real slices, central half in-plane."""
-    _, h, w = image.shape
-    region = image[:, h // 4:h - h // 4, w // 4:w - w // 4]
-    return region[slices] if slices.any() else region
-
-
 def in_plane_gradient(region: np.ndarray) -> np.ndarray:
     """In-plane gradient magnitude of a (Z, h, w) region: the Sobel operator / 8 of each slice (per pixel)."""
     def sobel(axis: int, across: int) -> np.ndarray:
@@ -87,13 +81,12 @@ def in_plane_gradient(region: np.ndarray) -> np.ndarray:
 def frame_measures(region: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """The SCALARS of one heart region (Z, h, w) and its HISTOGRAM_BINS-bin intensity histogram (counts)."""
     values = region.ravel()
-    residual = region - ndimage.median_filter(region, size=(1, 3, 3), mode="reflect")
     gradient = in_plane_gradient(region).ravel()
     top = gradient[gradient >= np.quantile(gradient, 0.9)]
     p05, p50, p95 = np.quantile(values, (0.05, 0.5, 0.95))
     scalars = {
         "mean": values.mean(), "std": values.std(), "p05": p05, "p50": p50, "p95": p95,
-        "noise": 1.4826 * np.median(np.abs(residual - np.median(residual))),
+        "noise": noise_level(region),
         "gradient_mean": gradient.mean(), "gradient_p50": np.median(gradient), "sharpness": top.mean(),
         "slice_mean_sd": region.mean(axis=(1, 2)).std(),
         "lowpass_sd": ndimage.gaussian_filter(region, sigma=(0, 4, 4), mode="reflect").std(),

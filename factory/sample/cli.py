@@ -13,6 +13,7 @@ from factory.errors import InputError
 from factory.models.schedulers import SAMPLERS
 from factory.outputs import check_output
 from factory.presets import PRESETS, get_preset
+from factory.sample.image_noise import measure_vendor_noise
 from factory.sample.pipeline import SamplerSettings
 from factory.sample.plan import (animation_plan, assign_vendors, check_sources, check_vendors, load_plan, make_plan,
                                  parse_mix, vendor_weights)
@@ -70,6 +71,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                              " are kept with within_tolerance = false")
     parser.add_argument("--tolerance-attempts", type=positive_int, default=defaults.max_motion_attempts,
                         help="motion resampling bound of an ESV / EF tolerance")
+    parser.add_argument("--noise-from", help="cohort store whose frames (unlabeled ones do) give each requested"
+                                             " vendor's noise level, added to the decoded images as Rician noise"
+                                             " (default: none; the VAE decoder denoises)")
 
 
 def load_priors(source: str | None) -> ClinicalPriors:
@@ -125,14 +129,26 @@ def source_table(url: str) -> pd.DataFrame:
     return open_store(url, kind="cohort").table
 
 
-def settings_from_args(args: argparse.Namespace) -> SamplerSettings:
-    """The sampler settings of parsed arguments (their ranges are checked by argparse)."""
+def image_noise_from_args(args: argparse.Namespace, plan: pd.DataFrame) -> str:
+    """The per-vendor noise levels --noise-from measures for the plan's vendors ("" without it)."""
+    if args.noise_from is None:
+        return ""
+    vendors = plan["vendor"].astype(str)
+    if not vendors.astype(bool).all():
+        raise InputError(f"--noise-from {args.noise_from}: {int((~vendors.astype(bool)).sum())} plan rows name no"
+                         " vendor, and the noise level is a vendor's; give --vendors or --vendor-mix")
+    return measure_vendor_noise(args.noise_from, sorted(set(vendors)))
+
+
+def settings_from_args(args: argparse.Namespace, plan: pd.DataFrame) -> SamplerSettings:
+    """The sampler settings of parsed arguments (their ranges are checked by argparse) for `plan`."""
     parse_tolerance(args.tolerance)  # refuses a malformed tolerance before anything runs
     return SamplerSettings(scheduler=args.scheduler, steps=args.steps, motion_steps=args.motion_steps,
                            motion_keyframes=args.motion_keyframes,
                            guidance=args.guidance,
                            motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts,
-                           tolerance=args.tolerance, max_motion_attempts=args.tolerance_attempts)
+                           tolerance=args.tolerance, max_motion_attempts=args.tolerance_attempts,
+                           image_noise=image_noise_from_args(args, plan))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

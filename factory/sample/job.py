@@ -34,7 +34,7 @@ from factory.store.writer import StoreWriter
 PLAN_FILE = "plan.parquet"
 # Sampler settings added after stores were first written, at the value those stores' runs used: a run started
 # before a setting existed resumes with it set so (e.g. --motion-keyframes 0).
-SETTINGS_ADDED = {"motion_keyframes": 0}
+SETTINGS_ADDED = {"motion_keyframes": 0, "image_noise": ""}
 GROUP = "work_unit"  # column that tags the plan rows a Ray Data block carries with their group
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "demo"  # shipped with the package
 
@@ -52,6 +52,7 @@ class RunSpec:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # None: an equal share of the cluster's CPUs (CPU runs), 1 (GPU runs)
     source: str | None = None  # a cohort store whose subjects the plan animates (rows name them in source_subject)
+    noise_from: str | None = None  # the store the settings' image noise levels were measured on
 
 
 class SamplerActor:
@@ -115,6 +116,8 @@ def run_attributes(spec: RunSpec, threads: int, work_units: int) -> dict:
                         "code_version": read_config(spec.bundle)["code_version"]}}
     if spec.source is not None:
         attrs["animated_from"] = training_fingerprint(open_store(spec.source))
+    if spec.noise_from is not None:
+        attrs["noise_measured_on"] = training_fingerprint(open_store(spec.noise_from))
     return attrs
 
 
@@ -133,7 +136,7 @@ def prepare_store(spec: RunSpec, plan: pd.DataFrame, resume: bool, overwrite: bo
     swapped in when finished), or, with `resume`, the interrupted run's, after checking it is the same run."""
     if resume:
         return reopen_run(spec, plan)
-    inputs = [spec.bundle] + ([spec.source] if spec.source else [])
+    inputs = [spec.bundle, *(url for url in (spec.source, spec.noise_from) if url)]
     check_output(spec.out, overwrite=overwrite, accept=(STORE,), inputs=inputs)
     fs, root = filesystem(spec.out)
     url = staging_path(spec.out) if fs.exists(root) and fs.ls(root, detail=False) else spec.out

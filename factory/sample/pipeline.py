@@ -1,4 +1,5 @@
-"""The cascade sampler: clinical priors -> ED anatomy -> gate -> residual motion -> decoded 4D subject.
+"""The cascade sampler: clinical priors -> ED anatomy -> gate -> residual motion -> decoded 4D subject
+(-> the requested vendor's scanner noise, with `image_noise`).
 
 Diffusers-style: models and a scheduler instance go in (its timesteps are set again for every reverse
 diffusion), `__call__` is a short loop over a batch of plan rows.
@@ -24,6 +25,7 @@ from factory.models.conditioning import ClinicalNormalizer, diagnosis_ids, vendo
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import Preset
 from factory.record import Subject, centred_slice_mask, cycle_phase
+from factory.sample.image_noise import add_vendor_noise, parse_image_noise
 from factory.sample.keyframes import interpolate, keyframes
 from factory.sample.tolerance import Bound, parse_tolerance, within
 from factory.vocabulary import derive_seed
@@ -49,11 +51,13 @@ class SamplerSettings:
     max_motion_attempts: int = 4  # bound of the motion resampling of an ESV / EF tolerance
     frames_per_call: int = 64
     motion_keyframes: int = 8  # frames per cycle the motion LDM denoises (factory.sample.keyframes); 0: all
+    image_noise: str = ""  # per-vendor noise levels added to decoded images, "B=0.0170,C=0.0421"; "" = none
 
     def __post_init__(self) -> None:
         if self.motion_keyframes == 1 or self.motion_keyframes < 0:
             raise InputError(f"motion keyframes {self.motion_keyframes}: give 0 (every frame) or at least 2"
                              " (ES and the last frame)")
+        parse_image_noise(self.image_noise)  # refuses a malformed setting here
 
     @property
     def motion_denoising_steps(self) -> int:
@@ -291,6 +295,9 @@ class CinePipeline:
         image, mask = np.concatenate(images), np.concatenate(masks)
         if ed_mask is not None:
             mask[0] = ed_mask
+        vendor = getattr(row, "vendor", "") or ""
+        if self.settings.image_noise:
+            image = add_vendor_noise(image, parse_image_noise(self.settings.image_noise), vendor, int(row.seed))
         slice_mask = centred_slice_mask(int(row.n_slices), self.preset.geometry.n_slices)
         image[:, ~slice_mask] = -1.0  # padding slices, exactly as preprocessing pads real stacks
         mask[:, ~slice_mask] = 0
@@ -298,7 +305,6 @@ class CinePipeline:
         lv_curve = label_volumes_ml(mask, self.spacing)["lv"]
         subject = Subject(f"syn{int(row.plan_row):06d}", image.astype(np.float32), mask,
                           np.ones(len(mask), bool), self.spacing, int(row.es_frame), slice_mask=slice_mask)
-        vendor = getattr(row, "vendor", "") or ""
         table_row = {
             "source": "synthetic", "vendor": vendor or "synthetic", "diagnosis": row.diagnosis,
             **measured, "lv_min_frame": int(np.argmin(lv_curve)),
