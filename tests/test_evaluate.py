@@ -217,7 +217,10 @@ def test_an_interrupted_downstream_experiment_resumes_with_its_finished_runs(tmp
         spec = DownstreamSpec(arms=("real", "synthetic"), seeds=1, steps=steps, val_every=1, patience=1, batch_size=2,
                               n_extra=n_extra)
         plan = plan_downstream(stores["cohort"], stores["synthetic"], stores["test"], spec, generator, seed=0)
-        section = downstream(plan, 20, 0, FinishedRuns(tmp_path / "eval"), resume)
+        finished = FinishedRuns(tmp_path / "eval")
+        if not resume:  # what evaluate() does first
+            finished.discard()
+        section = downstream(plan, 20, 0, finished)
         return section, capsys.readouterr().out
 
     first, printed = run(resume=False)
@@ -232,9 +235,60 @@ def test_an_interrupted_downstream_experiment_resumes_with_its_finished_runs(tmp
     _, printed = run(resume=True, n_extra=2)
     assert "1 of 2 runs reused" in printed and "arm synthetic seed 0 done" in printed, "N changes only the synthetic arm"
     _, printed = run(resume=True, steps=3)
-    assert "0 of 2 runs reused" in printed and printed.count("] arm ") == 2, "another budget: nothing is reused"
+    assert "reused" not in printed and printed.count("] arm ") == 2, "another budget: nothing is reused"
     _, printed = run(resume=False)
-    assert "discarding the finished runs" in printed and printed.count("] arm ") == 2
+    assert "discarding the finished work" in printed and printed.count("] arm ") == 2
+
+
+def test_a_finished_report_section_is_reused_only_under_its_key(tmp_path, toy_stores, capsys):
+    from factory.evaluate.finished_runs import FinishedRuns, section_key
+
+    finished, calls = FinishedRuns(tmp_path / "eval"), []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"value": np.float32(0.25), "interval": np.array([0.1, np.nan]), "note": "n"}
+
+    key = section_key("fvd", [toy_stores["cohort"], toy_stores["synthetic"]], {"steps": 3, "seed": 0})
+    first = finished.section("fvd", key, compute)
+    again = finished.section("fvd", key, compute)
+    assert len(calls) == 1 and "fvd: reused" in capsys.readouterr().out, "saved once, then reused"
+    assert again["value"] == 0.25 and again["interval"][0] == 0.1 and np.isnan(again["interval"][1]), "NaN stays NaN"
+    assert float(first["value"]) == again["value"]
+    for other in (section_key("fvd", [toy_stores["cohort"], toy_stores["synthetic"]], {"steps": 4, "seed": 0}),
+                  section_key("fvd", [toy_stores["cohort"], toy_stores["test"]], {"steps": 3, "seed": 0}),
+                  section_key("c2st", [toy_stores["cohort"], toy_stores["synthetic"]], {"steps": 3, "seed": 0})):
+        assert other != key, "another setting, store or section is another key"
+    finished.section("fvd", "another key", compute)
+    assert len(calls) == 2, "a section saved under another key is computed again"
+    finished.discard()
+    assert not finished.folder.exists() and "discarding" in capsys.readouterr().out
+
+
+def test_an_interrupted_evaluation_resumes_with_its_finished_sections(tmp_path, toy_stores, monkeypatch, capsys):
+    import factory.evaluate.job as evaluation
+    from factory.evaluate.finished_runs import runs_folder
+
+    main, out = job("evaluate").main, tmp_path / "eval"
+    argv = ["--synthetic", toy_stores["synthetic"], "--cohort", toy_stores["cohort"], "--test", toy_stores["test"],
+            "--extractor-steps", "2", "--c2st-steps", "2", "--bootstrap", "20"]
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(evaluation, "vendor_fidelity", killed)  # killed after FVD and the two-sample test
+    with pytest.raises(RuntimeError):
+        main(argv + ["--out", str(out)])
+    monkeypatch.undo()
+    assert sorted(p.name for p in runs_folder(out).iterdir()) == ["section-c2st.json", "section-fvd.json"]
+    capsys.readouterr()
+    assert main(argv + ["--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "fvd: reused" in printed and "c2st: reused" in printed and "vendor: reused" not in printed
+    assert not runs_folder(out).exists(), "removed once the report holds them"
+    assert main(argv + ["--out", str(tmp_path / "fresh")]) == 0
+    resumed, fresh = (json.loads((tmp_path / name / "report.json").read_text())["coherence"] for name in ("eval", "fresh"))
+    assert resumed == fresh, "a resumed evaluation reports what an uninterrupted one does"
 
 
 def test_fvd_with_a_torchscript_extractor(tmp_path, toy_stores):

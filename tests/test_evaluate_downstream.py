@@ -185,7 +185,6 @@ def test_command_line_refusals(inputs, tmp_path, capsys):
     base = ["--synthetic", inputs["synthetic"], "--test", inputs["test"], "--out", str(tmp_path / "eval")]
     cases = [
         (["--cohort", inputs["cohort"], "--regime", "scarce"], "--regime: only with --downstream"),
-        (["--cohort", inputs["cohort"], "--resume"], "--resume: only with --downstream"),
         (["--cohort", many, "--bundle", many_bundle, "--downstream", "--regime", "scarce"],
          "--regime scarce allows a generator that saw at most 20 labeled subjects"),
         (["--cohort", inputs["cohort"], "--downstream", "--regime", "scarce"], "names no model bundle"),

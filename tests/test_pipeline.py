@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from factory.bundle import load_bundle
+from factory.data.clinical import label_volumes_ml
 from factory.errors import InputError
+from factory.models.conditioning import CLINICAL_SCALARS
 from factory.models.schedulers import sampling_scheduler
 from factory.presets import get_preset
 from factory.record import cycle_phase
@@ -203,16 +205,18 @@ def test_bad_image_noise_settings_are_refused(text, message):
         SamplerSettings(image_noise=text)
 
 
-def test_image_noise_levels_are_measured_per_vendor_and_refused_for_an_absent_one(tmp_path):
+def test_image_noise_levels_are_measured_per_vendor_and_refused_for_an_absent_one_or_another_geometry(tmp_path):
     from factory.sample.image_noise import format_image_noise, measure_vendor_noise, parse_image_noise
     from store_builders import write_store
 
     store = write_store(tmp_path / "cohort.zarr", n=4)  # vendors B, A, B, A
-    levels = parse_image_noise(measure_vendor_noise(store, ["A", "B"]))
+    levels = parse_image_noise(measure_vendor_noise(store, ["A", "B"], "tiny"))
     assert set(levels) == {"A", "B"} and all(v >= 0 for v in levels.values())
     assert parse_image_noise(format_image_noise(levels)) == pytest.approx(levels, abs=1e-4)
     with pytest.raises(InputError, match="no frames of vendor C"):
-        measure_vendor_noise(store, ["C"])
+        measure_vendor_noise(store, ["C"], "tiny")
+    with pytest.raises(InputError, match="preset 'tiny' geometry, the bundle is 'paper'"):
+        measure_vendor_noise(store, ["A"], "paper")
 
 
 def test_image_noise_is_seeded_per_row_and_leaves_the_masks(pipeline, monkeypatch):
@@ -231,3 +235,38 @@ def test_image_noise_is_seeded_per_row_and_leaves_the_masks(pipeline, monkeypatc
         assert (n.image[:, ~real] == -1).all(), "padding slices stay as preprocessing pads them"
     with pytest.raises(InputError, match="no level for vendor 'B'"):
         subjects("C=0.04")
+
+
+def test_motion_conditioned_on_the_anatomy_gets_its_measured_edv_and_the_requested_ef(pipeline, monkeypatch):
+    rows = make_plan(2, get_preset("tiny"), seed=5, frames=3)
+    names, norm = list(CLINICAL_SCALARS), pipeline.normalizer
+
+    def volumes(scalars: torch.Tensor) -> np.ndarray:
+        return scalars.numpy() * norm.std + norm.mean
+
+    edv = np.array([80.0, 150.0])
+    given, requested = volumes(pipeline.conditions(rows, edv)["scalars"]), volumes(pipeline.conditions(rows)["scalars"])
+    np.testing.assert_allclose(given[:, names.index("edv_ml")], edv, rtol=1e-4)
+    np.testing.assert_allclose(given[:, names.index("esv_ml")], edv * (1 - rows["ef_pct"] / 100), rtol=1e-4)
+    for kept in ("ef_pct", "myo_mass_g", "n_slices"):  # the mass stays the requested heart's
+        np.testing.assert_allclose(given[:, names.index(kept)], requested[:, names.index(kept)], rtol=1e-4)
+
+    seen: list[np.ndarray] = []
+    original = CinePipeline.sample_motion_within
+    monkeypatch.setattr(CinePipeline, "sample_motion_within", lambda self, rows, cond, z_ed, edv:
+                        seen.append(volumes(cond["scalars"])) or original(self, rows, cond, z_ed, edv))
+
+    def generate(setting: str):
+        monkeypatch.setattr(pipeline, "settings", SamplerSettings(steps=1, max_gate_attempts=1,
+                                                                  motion_volumes=setting))
+        return [g.subject for g in pipeline(rows)]
+
+    plain, anatomy = generate("requested"), generate("anatomy")
+    np.testing.assert_allclose(seen[0], requested, rtol=1e-4)
+    measured = [label_volumes_ml(s.mask[0] * s.slice_mask[:, None, None], pipeline.spacing)["lv"] for s in anatomy]
+    np.testing.assert_allclose(seen[1][:, names.index("edv_ml")], measured, rtol=1e-3)
+    for p, a in zip(plain, anatomy):
+        np.testing.assert_array_equal(p.image[0], a.image[0])  # the same anatomy
+        assert not np.array_equal(p.image[1:], a.image[1:]), "another motion"
+    with pytest.raises(InputError, match="motion volumes 'measured'"):
+        SamplerSettings(motion_volumes="measured")

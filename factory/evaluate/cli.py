@@ -52,8 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's --out")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the downstream runs an interrupted evaluation into the same --out finished"
-                             " (only with --downstream; runs whose inputs or settings differ are trained again)")
+                        help="reuse what an interrupted evaluation into the same --out finished: its downstream"
+                             " (arm, seed) runs and its FVD, two-sample and vendor sections (any whose inputs or"
+                             " settings differ are computed again)")
     group = parser.add_argument_group("downstream", "the cross-vendor segmentation experiment (only with --downstream)")
     group.add_argument("--downstream", action="store_true", help="run the cross-vendor segmentation experiment")
     group.add_argument("--regime", choices=list(REGIMES),
@@ -82,7 +83,7 @@ def downstream_spec(args: argparse.Namespace) -> DownstreamSpec | None:
     A downstream option without --downstream is refused: it would do nothing."""
     given = {f.name: getattr(args, f.name) for f in fields(DownstreamSpec) if getattr(args, f.name) is not None}
     if not args.downstream:
-        options = [f"--{name.replace('_', '-')}" for name in given] + (["--resume"] if args.resume else [])
+        options = [f"--{name.replace('_', '-')}" for name in given]
         if options:
             raise InputError(f"{', '.join(options)}: only with --downstream")
         return None

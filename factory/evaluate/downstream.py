@@ -226,20 +226,16 @@ def gather_with_progress(refs: dict[ray.ObjectRef, str], finished: FinishedRuns)
     return results
 
 
-def downstream(plan: Plan, n_boot: int, seed: int, finished: FinishedRuns, resume: bool = False) -> dict:
+def downstream(plan: Plan, n_boot: int, seed: int, finished: FinishedRuns) -> dict:
     """Run every arm x seed of `plan` as Ray tasks and return the `downstream` report section.
 
-    Each finished (arm, seed) is saved in `finished`; with `resume`, those saved under the same key are
-    reused instead of trained again."""
+    Each finished (arm, seed) is saved in `finished`; those already saved there under the same key (an
+    interrupted evaluation's, kept by --resume) are reused instead of trained again."""
     seed_list = list(range(seed, seed + plan.spec.seeds))
     runs = [(arm, s, run_key(plan.experiment, arm, s, plan.bundle)) for arm in plan.spec.arms for s in seed_list]
-    if not resume and finished.folder.exists():
-        print(f"[downstream] discarding the finished runs an interrupted evaluation left in {finished.folder}"
-              " (--resume reuses them)", flush=True)
-        finished.clear()
     reused = {(arm, s): result for arm, s, key in runs if (result := finished.load(arm, s, key)) is not None}
     todo = [(arm, s, key) for arm, s, key in runs if (arm, s) not in reused]
-    if resume:
+    if reused:
         print(f"[downstream] {len(reused)} of {len(runs)} runs reused from {finished.folder}", flush=True)
     results = []
     if todo:

@@ -14,7 +14,7 @@ from factory.models.schedulers import SAMPLERS
 from factory.outputs import check_output
 from factory.presets import PRESETS, get_preset
 from factory.sample.image_noise import measure_vendor_noise
-from factory.sample.pipeline import SamplerSettings
+from factory.sample.pipeline import MOTION_VOLUMES, SamplerSettings
 from factory.sample.plan import (animation_plan, assign_vendors, check_sources, check_vendors, load_plan, make_plan,
                                  parse_mix, vendor_weights)
 from factory.sample.tolerance import parse_tolerance
@@ -59,6 +59,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--motion-keyframes", type=non_negative_int, default=defaults.motion_keyframes,
                         help="frames per cycle the motion LDM denoises, ES and the last frame among them; the"
                              " others are interpolated in phase between them (0 = every frame)")
+    parser.add_argument("--motion-volumes", choices=MOTION_VOLUMES, default=defaults.motion_volumes,
+                        help="volumes the motion LDM is conditioned on: the row's requested EDV and ESV, or the"
+                             " EDV measured on the sampled anatomy and the ESV that gives the requested EF with it")
     parser.add_argument("--guidance", type=non_negative_float, default=defaults.guidance,
                         help="classifier-free guidance scale of the anatomy LDM (1 = conditional branch only)")
     parser.add_argument("--motion-guidance", type=non_negative_float, default=defaults.motion_guidance,
@@ -133,18 +136,20 @@ def image_noise_from_args(args: argparse.Namespace, plan: pd.DataFrame) -> str:
     """The per-vendor noise levels --noise-from measures for the plan's vendors ("" without it)."""
     if args.noise_from is None:
         return ""
+    from factory.bundle import read_config
+
     vendors = plan["vendor"].astype(str)
     if not vendors.astype(bool).all():
         raise InputError(f"--noise-from {args.noise_from}: {int((~vendors.astype(bool)).sum())} plan rows name no"
                          " vendor, and the noise level is a vendor's; give --vendors or --vendor-mix")
-    return measure_vendor_noise(args.noise_from, sorted(set(vendors)))
+    return measure_vendor_noise(args.noise_from, sorted(set(vendors)), read_config(args.bundle)["preset"])
 
 
 def settings_from_args(args: argparse.Namespace, plan: pd.DataFrame) -> SamplerSettings:
     """The sampler settings of parsed arguments (their ranges are checked by argparse) for `plan`."""
     parse_tolerance(args.tolerance)  # refuses a malformed tolerance before anything runs
     return SamplerSettings(scheduler=args.scheduler, steps=args.steps, motion_steps=args.motion_steps,
-                           motion_keyframes=args.motion_keyframes,
+                           motion_keyframes=args.motion_keyframes, motion_volumes=args.motion_volumes,
                            guidance=args.guidance,
                            motion_guidance=args.motion_guidance, max_gate_attempts=args.gate_attempts,
                            tolerance=args.tolerance, max_motion_attempts=args.tolerance_attempts,

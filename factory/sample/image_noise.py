@@ -41,13 +41,17 @@ def format_image_noise(levels: dict[str, float]) -> str:
     return ",".join(f"{vendor}={level:.4f}" for vendor, level in sorted(levels.items()))
 
 
-def measure_vendor_noise(url: str, vendors: list[str]) -> str:
+def measure_vendor_noise(url: str, vendors: list[str], preset: str) -> str:
     """The median heart-region noise level of each of `vendors` over the frames of store `url`, as a setting string.
 
-    Refuses a vendor the store has no frames of: its noise cannot be measured there."""
+    Refuses a store of another geometry than the bundle's `preset` (the level is per pixel: another pixel
+    size gives another level) and a vendor the store has no frames of (its noise cannot be measured there)."""
     from factory.store.reader import open_store
 
     store = open_store(url)
+    if store.attrs["preset"] != preset:
+        raise InputError(f"--noise-from {url}: the store is in preset {store.attrs['preset']!r} geometry, the bundle"
+                         f" is {preset!r} (the noise level is per pixel); give a store ingested with --preset {preset}")
     table, slices = store.table, store.group["slice_mask"][:].astype(bool)
     levels = {}
     for vendor in vendors:

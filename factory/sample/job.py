@@ -34,7 +34,7 @@ from factory.store.writer import StoreWriter
 PLAN_FILE = "plan.parquet"
 # Sampler settings added after stores were first written, at the value those stores' runs used: a run started
 # before a setting existed resumes with it set so (e.g. --motion-keyframes 0).
-SETTINGS_ADDED = {"motion_keyframes": 0, "image_noise": ""}
+SETTINGS_ADDED = {"motion_keyframes": 0, "image_noise": "", "motion_volumes": "requested"}
 GROUP = "work_unit"  # column that tags the plan rows a Ray Data block carries with their group
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "demo"  # shipped with the package
 

@@ -30,6 +30,7 @@ from factory.sample.keyframes import interpolate, keyframes
 from factory.sample.tolerance import Bound, parse_tolerance, within
 from factory.vocabulary import derive_seed
 
+MOTION_VOLUMES = ("requested", "anatomy")  # SamplerSettings.motion_volumes
 MOTION_STREAM = 1_000_003  # seed-sequence key of the per-subject motion noise (distinct from gate attempts)
 
 
@@ -52,8 +53,14 @@ class SamplerSettings:
     frames_per_call: int = 64
     motion_keyframes: int = 8  # frames per cycle the motion LDM denoises (factory.sample.keyframes); 0: all
     image_noise: str = ""  # per-vendor noise levels added to decoded images, "B=0.0170,C=0.0421"; "" = none
+    # The volumes the motion LDM is conditioned on: "requested" (the row's EDV and ESV) or "anatomy" (the EDV
+    # measured on the sampled ED anatomy and the ESV that gives the row's EF with it: EF is what is asked for,
+    # and the motion then animates the heart it was given rather than the one that was requested).
+    motion_volumes: str = "requested"
 
     def __post_init__(self) -> None:
+        if self.motion_volumes not in MOTION_VOLUMES:
+            raise InputError(f"motion volumes {self.motion_volumes!r}: choose one of {list(MOTION_VOLUMES)}")
         if self.motion_keyframes == 1 or self.motion_keyframes < 0:
             raise InputError(f"motion keyframes {self.motion_keyframes}: give 0 (every frame) or at least 2"
                              " (ES and the last frame)")
@@ -127,6 +134,8 @@ class CinePipeline:
         else:
             z_ed, edv, ed_masks = self.encode_sources(*sources, cond)
             attempts, reasons = np.zeros(len(rows), int), [[] for _ in range(len(rows))]
+        if self.settings.motion_volumes == "anatomy":
+            cond = self.conditions(rows, edv)
         residuals, motion_attempts = self.sample_motion_within(rows, cond, z_ed, edv)
         return [self.assemble(row, z_ed[i], residuals[i], int(attempts[i]), reasons[i], int(motion_attempts[i]),
                               ed_masks[i]) for i, row in enumerate(rows.itertuples(index=False))]
@@ -140,13 +149,17 @@ class CinePipeline:
         masks = [m * sm[:, None, None] for m, sm in zip(np.asarray(masks, np.uint8), slice_masks)]
         return z_ed, np.array([self.lv_volume(m, sm) for m, sm in zip(masks, slice_masks)]), masks
 
-    def conditions(self, rows: pd.DataFrame) -> dict[str, torch.Tensor]:
+    def conditions(self, rows: pd.DataFrame, edv: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Diagnosis ids, normalised clinical scalars, vendor ids (the `vendor` column; none: the null id) and slice
-        masks of a batch of rows."""
+        masks of a batch of rows; with `edv` (measured on the ED anatomies), the volumes are that EDV and the
+        ESV that gives each row's EF with it."""
         table = rows.copy()
         if "myo_mass_g" not in table:  # plans give volumes; the mass follows the cohort's fit on EDV
             fit = np.array([self.mass_fit[d] for d in table["diagnosis"]])
             table["myo_mass_g"] = fit[:, 0] * table["edv_ml"] + fit[:, 1]
+        if edv is not None:
+            table["edv_ml"] = edv
+            table["esv_ml"] = edv * (1 - table["ef_pct"].to_numpy(float) / 100)
         z = self.preset.geometry.n_slices
         return {
             "diagnosis": diagnosis_ids(list(table["diagnosis"])).to(self.device),
