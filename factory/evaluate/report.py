@@ -149,13 +149,15 @@ def interval(values: list) -> str:
 def downstream_lines(section: dict, out: Path) -> list[str]:
     """Protocol, cohort split, per-arm Dice / HD95 (per structure and test vendor), steps used, paired differences."""
     protocol, split = section["protocol"], section["cohort_split"]
+    pseudo = len(split["pseudo_subjects"])
     lines = ["## Downstream cross-vendor segmentation", "",
              *(f"- {key}: {value}" for key, value in protocol.items() if key != "arms"),
              *(f"- {arm}: {description}" for arm, description in protocol["arms"].items()), "",
              f"Cohort split ({split['regime']} regime): {len(split['train_subjects'])} training and"
              f" {len(split['validation_subjects'])} validation subjects of vendor {split['train_vendor']}"
              f" ({split['validation_frames']} validation frames), {split['unlabeled_pool']} unlabeled cohort subjects"
-             f" ({len(split['pseudo_subjects'])} pseudo-labelled), {len(split['synthetic_subjects'])} synthetic"
+             f" ({f'{pseudo} of them pseudo-labelled for arm (f)' if pseudo else 'none used: arm (f) not run'}),"
+             f" {len(split['synthetic_subjects'])} synthetic"
              f" subjects; test subjects per vendor {split['test']['subjects_per_vendor']}"
              f" ({split['test']['frames']} frames). Subject ids: report.json `downstream.cohort_split`.", ""]
     arms = section["arms"]

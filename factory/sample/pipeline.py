@@ -55,7 +55,8 @@ class SamplerSettings:
     image_noise: str = ""  # per-vendor noise levels added to decoded images, "B=0.0170,C=0.0421"; "" = none
     # The volumes the motion LDM is conditioned on: "requested" (the row's EDV and ESV) or "anatomy" (the EDV
     # measured on the sampled ED anatomy and the ESV that gives the row's EF with it: EF is what is asked for,
-    # and the motion then animates the heart it was given rather than the one that was requested).
+    # and the motion then animates the heart it was given rather than the one that was requested). "anatomy"
+    # on the demo bundle: EF MAE 12.2 vs 12.3, r 0.877 vs 0.902, ES on time 97 vs 93 % (README): not the default.
     motion_volumes: str = "requested"
 
     def __post_init__(self) -> None:
