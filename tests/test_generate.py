@@ -297,6 +297,23 @@ def test_demo_bundle_is_small_and_loads():
     assert set(bundle.stages) == {"vae", "teacher", "anatomy", "motion"}
 
 
+def test_the_scarce_regime_bundle_loads_and_saw_at_most_20_labels():
+    """The shipped generator of the scarce label regime (README): complete, small, and its diffusion stages
+    trained on at most 20 labeled subjects, the rest of its cohort pseudo-labeled or unconditional."""
+    from factory.bundle import load_bundle, read_config
+    from factory.evaluate.generator import REGIMES
+
+    scarce = DEMO_BUNDLE.parent / "scarce"
+    assert sum(p.stat().st_size for p in scarce.iterdir()) < 15 * 2**20
+    assert set(load_bundle(scarce).stages) == {"vae", "teacher", "anatomy", "motion"}
+    config = read_config(scarce)
+    assert config["training_data"]["store"] == "cohort_scarce.zarr" and config["training_data"]["table_sha256"]
+    for stage in ("anatomy", "motion"):
+        subjects = config["stages"][stage]["subjects"]
+        assert 0 < sum(subjects["labeled"].values()) <= REGIMES["scarce"], (stage, subjects)
+        assert sum(subjects["pseudo"].values()) > sum(subjects["labeled"].values())
+
+
 def test_demo_bundle_generates_hearts_of_the_requested_size():
     """A guard against a sampler that diverges (e.g. a noise schedule the weights were not trained for):
     generated ED anatomies pass the gate and their LV volumes follow the requested EDV."""
